@@ -1,0 +1,376 @@
+import { BackbeatError } from "./_errors.ts";
+
+/** Message headers: lowercase names to values. */
+export type BusHeaders = Readonly<Record<string, string>>;
+
+/** A message as a {@linkcode Bus} delivers it. */
+export interface BusMessage {
+  /** The subject it was published on. */
+  readonly subject: string;
+  /** The exact payload bytes. */
+  readonly data: Uint8Array;
+  /** Headers (lowercase names), when the publisher sent any. */
+  readonly headers?: BusHeaders;
+}
+
+/** Receives messages of a subscription. Exceptions are caught and reported as `error` events. */
+export type BusHandler = (message: BusMessage) => void;
+
+/** Options of {@linkcode Bus.publish}. */
+export interface PublishOptions {
+  /** Headers to send (names are sent as given; use lowercase). @default {undefined} */
+  headers?: BusHeaders;
+}
+
+/** Options of {@linkcode Bus.subscribe}. */
+export interface SubscribeOptions {
+  /** Queue group: each message goes to one member of the group. @default {undefined} */
+  queue?: string;
+}
+
+/** A live subscription. */
+export interface BusSubscription {
+  /** The subject (may hold `*` and `>` wildcards). */
+  readonly subject: string;
+  /** Messages dropped because the subscriber fell too far behind. */
+  readonly dropped: number;
+  /** Stops delivery. Idempotent. */
+  unsubscribe(): void;
+}
+
+/** Connection states of a bus. */
+export const BusStatus = {
+  Connected: "connected",
+  Disconnected: "disconnected",
+  Reconnecting: "reconnecting",
+  Closed: "closed",
+} as const;
+/** One of {@linkcode BusStatus}'s values. */
+export type BusStatus = typeof BusStatus[keyof typeof BusStatus];
+
+/** Detail of the `status` events a bus dispatches. */
+export interface BusStatusDetail {
+  /** The new state. */
+  status: BusStatus;
+  /** Reconnections so far. */
+  reconnects: number;
+}
+
+/**
+ * The transport BACKBEAT runs on: publish with headers, subscribe (optionally in a queue group),
+ * flush, close, and `status` events (`CustomEvent<BusStatusDetail>`) plus `error` events
+ * (`ErrorEvent`) for failures that have no caller to throw to. {@linkcode InMemoryBus} is the
+ * embedded default; `connectNatsBus()` gives a bus over a real NATS server.
+ */
+export interface Bus extends EventTarget {
+  /** Current connection state. */
+  readonly status: BusStatus;
+  /** Reconnections so far. */
+  readonly reconnects: number;
+  /** Largest payload accepted, in bytes. */
+  readonly maxPayload: number;
+  /**
+   * Publishes a message.
+   *
+   * @throws {BackbeatError} `closed` after close; {@linkcode RangeError} over `maxPayload`.
+   */
+  publish(subject: string, data: Uint8Array, options?: PublishOptions): void;
+  /**
+   * Subscribes a handler.
+   *
+   * @throws {BackbeatError} `closed` after close.
+   */
+  subscribe(subject: string, handler: BusHandler, options?: SubscribeOptions): BusSubscription;
+  /** Resolves when everything published so far has reached the server (or subscribers). */
+  flush(): Promise<void>;
+  /** Drains and closes. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Default for {@linkcode InMemoryBusOptions.maxPending}. */
+export const DEFAULT_MAX_PENDING = 65_536;
+/** Default for {@linkcode InMemoryBusOptions.maxPayload}: 1 MiB, as nats-server. */
+export const DEFAULT_MAX_PAYLOAD = 1_048_576;
+
+/** Options of {@linkcode InMemoryBus}. */
+export interface InMemoryBusOptions {
+  /** Messages a subscription may have waiting before new ones are dropped. @default {65536} */
+  maxPending?: number;
+  /** Largest payload in bytes. @default {1048576} */
+  maxPayload?: number;
+}
+
+/**
+ * Checks a subject (or, with `wildcards`, a subscription pattern) the way NATS does.
+ *
+ * @param subject The subject.
+ * @param wildcards Whether `*` and a final `>` are allowed.
+ * @throws {TypeError} When it is empty, has empty tokens or whitespace, or misplaces wildcards.
+ */
+export function assertSubject(subject: string, wildcards = false): void {
+  const tokens = typeof subject === "string" ? subject.split(".") : [];
+  const ok = tokens.length > 0 && tokens.every((t, i) => {
+    if (t.length === 0 || /\s/.test(t)) return false;
+    if (t === "*") return wildcards;
+    if (t === ">") return wildcards && i === tokens.length - 1;
+    return !t.includes("*") && !t.includes(">");
+  });
+  if (!ok) throw new TypeError(`Invalid subject ${JSON.stringify(subject)}`);
+}
+
+function matches(pattern: readonly string[], subject: readonly string[]): boolean {
+  for (let i = 0; i < pattern.length; i++) {
+    const p = pattern[i];
+    if (p === ">") return subject.length > i;
+    if (i >= subject.length) return false;
+    if (p !== "*" && p !== subject[i]) return false;
+  }
+  return pattern.length === subject.length;
+}
+
+class MemorySubscription implements BusSubscription {
+  readonly subject: string;
+  readonly tokens: readonly string[];
+  readonly queue: string | undefined;
+  readonly handler: BusHandler;
+  dropped = 0;
+  closed = false;
+  pending: BusMessage[] = [];
+  scheduled = false;
+  #bus: InMemoryBus;
+
+  constructor(bus: InMemoryBus, subject: string, handler: BusHandler, queue?: string) {
+    this.#bus = bus;
+    this.subject = subject;
+    this.tokens = subject.split(".");
+    this.handler = handler;
+    this.queue = queue;
+  }
+
+  unsubscribe(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pending = [];
+    this.#bus._remove(this);
+  }
+}
+
+/**
+ * The embedded bus for one process: NATS semantics (subjects with `*`/`>` wildcards, queue
+ * groups, headers, per-subscription ordering, asynchronous delivery, payload limit) with bounded
+ * queues. A subscriber that falls `maxPending` messages behind loses new ones, counted in its
+ * `dropped` and reported as an `error` event, as a NATS slow consumer would.
+ *
+ * @example Publish and receive in one process
+ * ```ts
+ * import { InMemoryBus } from "@chorus/backbeat";
+ * const bus = new InMemoryBus();
+ * bus.subscribe("backbeat.dev.beat", (m) => console.log(new TextDecoder().decode(m.data)));
+ * bus.publish("backbeat.dev.beat", new TextEncoder().encode("hello"));
+ * await bus.flush();
+ * await bus.close();
+ * ```
+ */
+export class InMemoryBus extends EventTarget implements Bus {
+  readonly maxPayload: number;
+  readonly reconnects: number = 0;
+  #maxPending: number;
+  #subs = new Set<MemorySubscription>();
+  #queueCursor = new Map<string, number>();
+  #status: BusStatus = "connected";
+  #inflight = 0;
+  #idle: Array<() => void> = [];
+
+  /** @param options Queue and payload limits. */
+  constructor(options: InMemoryBusOptions = {}) {
+    super();
+    this.#maxPending = options.maxPending ?? DEFAULT_MAX_PENDING;
+    this.maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+    if (!(Number.isInteger(this.#maxPending) && this.#maxPending > 0)) {
+      throw new RangeError(`Invalid maxPending ${options.maxPending}: expected an integer > 0`);
+    }
+  }
+
+  /** Always `connected` until closed. */
+  get status(): BusStatus {
+    return this.#status;
+  }
+
+  /** Number of live subscriptions. */
+  get subscriptionCount(): number {
+    return this.#subs.size;
+  }
+
+  publish(subject: string, data: Uint8Array, options?: PublishOptions): void {
+    if (this.#status === "closed") {
+      throw new BackbeatError("closed", `Cannot publish on ${subject}: the bus is closed`);
+    }
+    assertSubject(subject);
+    if (data.byteLength > this.maxPayload) {
+      throw new RangeError(
+        `Cannot publish on ${subject}: payload of ${data.byteLength} bytes exceeds the limit of ${this.maxPayload}`,
+      );
+    }
+    const msg: BusMessage = options?.headers
+      ? { subject, data, headers: { ...options.headers } }
+      : { subject, data };
+    const tokens = subject.split(".");
+    let groups: Map<string, MemorySubscription[]> | undefined;
+    for (const sub of this.#subs) {
+      if (!matches(sub.tokens, tokens)) continue;
+      if (sub.queue === undefined) {
+        this.#enqueue(sub, msg);
+      } else {
+        groups ??= new Map();
+        const g = groups.get(sub.queue);
+        if (g) g.push(sub);
+        else groups.set(sub.queue, [sub]);
+      }
+    }
+    if (groups) {
+      for (const [name, members] of groups) {
+        const i = (this.#queueCursor.get(name) ?? 0) % members.length;
+        this.#queueCursor.set(name, i + 1);
+        this.#enqueue(members[i], msg);
+      }
+    }
+  }
+
+  subscribe(subject: string, handler: BusHandler, options?: SubscribeOptions): BusSubscription {
+    if (this.#status === "closed") {
+      throw new BackbeatError("closed", `Cannot subscribe to ${subject}: the bus is closed`);
+    }
+    assertSubject(subject, true);
+    if (typeof handler !== "function") {
+      throw new TypeError("Cannot subscribe: handler is not a function");
+    }
+    const sub = new MemorySubscription(this, subject, handler, options?.queue);
+    this.#subs.add(sub);
+    return sub;
+  }
+
+  flush(): Promise<void> {
+    if (this.#inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+
+  async close(): Promise<void> {
+    if (this.#status === "closed") return;
+    await this.flush();
+    this.#status = "closed";
+    for (const sub of [...this.#subs]) sub.unsubscribe();
+    this.#queueCursor.clear();
+    this.dispatchEvent(
+      new CustomEvent<BusStatusDetail>("status", { detail: { status: "closed", reconnects: 0 } }),
+    );
+  }
+
+  /** @ignore Called by a subscription when it ends. */
+  _remove(sub: MemorySubscription): void {
+    this.#subs.delete(sub);
+    this.#settle(0);
+  }
+
+  #enqueue(sub: MemorySubscription, msg: BusMessage): void {
+    if (sub.pending.length >= this.#maxPending) {
+      sub.dropped++;
+      this.dispatchEvent(
+        new ErrorEvent("error", {
+          message: `Slow consumer on ${sub.subject}: ${sub.dropped} messages dropped`,
+          error: new BackbeatError("connection", `Slow consumer on ${sub.subject}`),
+        }),
+      );
+      return;
+    }
+    sub.pending.push(msg);
+    if (!sub.scheduled) {
+      sub.scheduled = true;
+      this.#inflight++;
+      // Delivery is asynchronous, as over a network: a publisher never re-enters its handlers.
+      queueMicrotask(() => this.#drain(sub));
+    }
+  }
+
+  #drain(sub: MemorySubscription): void {
+    const batch = sub.pending;
+    sub.pending = [];
+    sub.scheduled = false;
+    for (const msg of batch) {
+      if (sub.closed) break;
+      try {
+        sub.handler(msg);
+      } catch (error) {
+        this.dispatchEvent(
+          new ErrorEvent("error", {
+            message: `Subscription handler for ${sub.subject} threw: ${error}`,
+            error,
+          }),
+        );
+      }
+    }
+    this.#settle(1);
+  }
+
+  #settle(done: number): void {
+    this.#inflight -= done;
+    if (this.#inflight === 0 && this.#idle.length > 0) {
+      const waiting = this.#idle;
+      this.#idle = [];
+      for (const resolve of waiting) resolve();
+    }
+  }
+}
+
+/** Options of `connectNatsBus()`. */
+export interface NatsBusOptions {
+  /** Server URL(s), e.g. `nats://localhost:4222`. */
+  servers: string | string[];
+  /** Connection name shown by the server. @default {"backbeat"} */
+  name?: string;
+  /** User name. @default {undefined} */
+  user?: string;
+  /** Password. @default {undefined} */
+  pass?: string;
+  /** Auth token. @default {undefined} */
+  token?: string;
+  /** Reconnect attempts; -1 reconnects forever. @default {-1} */
+  maxReconnectAttempts?: number;
+  /** Milliseconds between reconnect attempts to one server (with jitter). @default {250} */
+  reconnectTimeWait?: number;
+  /** Connect timeout in ms. @default {5000} */
+  timeout?: number;
+  /** Keep retrying when the first connect fails instead of throwing. @default {false} */
+  waitOnFirstConnect?: boolean;
+}
+
+/**
+ * A {@linkcode Bus} over a real NATS server, with access to the underlying nats.js connection
+ * for JetStream and KV. Obtain one with {@linkcode connectNatsBus}.
+ */
+export interface NatsBusLike extends Bus {
+  /** The underlying nats.js `NatsConnection`. */
+  readonly connection: unknown;
+  /** The server URL it was asked to connect to (first one). */
+  readonly url: string;
+}
+
+/**
+ * Connects a {@linkcode Bus} to NATS. The nats.js client is loaded here, on first use, so an
+ * embedded user never loads it.
+ *
+ * @param options Servers, credentials, reconnect policy.
+ * @returns A connected bus.
+ * @throws {BackbeatError} `connection` when the first connect fails (unless
+ * `waitOnFirstConnect`).
+ *
+ * @example Connect and close
+ * ```ts ignore
+ * import { connectNatsBus } from "@chorus/backbeat";
+ * const bus = await connectNatsBus({ servers: "nats://localhost:4222" });
+ * await bus.close();
+ * ```
+ */
+export async function connectNatsBus(options: NatsBusOptions): Promise<NatsBusLike> {
+  const { NatsBus } = await import("./_nats_bus.ts");
+  return await NatsBus.connect(options);
+}

@@ -1,0 +1,440 @@
+import type { BeatFrame, Phase } from "./_messages.ts";
+import { PHASES } from "./_messages.ts";
+import { windowId } from "./_window_id.ts";
+
+/** Default beats in a bar. */
+export const DEFAULT_BEATS_PER_BAR = 4;
+/** Default tempo: 2 BPM, 30-second beats. */
+export const DEFAULT_TEMPO_BPM = 2;
+/** Lowest tempo the contract allows. */
+export const MIN_TEMPO_BPM = 0.1;
+/** Highest tempo the timeline accepts (1 ms beats). */
+export const MAX_TEMPO_BPM = 60_000;
+/** Segments kept by a timeline; older tempo changes are forgotten. */
+export const MAX_TIMELINE_SEGMENTS = 16;
+
+/** A stretch of constant tempo: beat `beat` is due at `at`, later beats follow at `tempoBpm`. */
+export interface TimelineSegment {
+  /** First beat_index of the segment (a downbeat, except for the first segment). */
+  readonly beat: number;
+  /** Epoch milliseconds at which `beat` is due (fractional). */
+  readonly at: number;
+  /** Tempo of the segment. */
+  readonly tempoBpm: number;
+}
+
+/** Options of {@linkcode Timeline}: where it starts and how bars are shaped. */
+export interface TimelineOptions {
+  /** Epoch milliseconds (fractional allowed) at which `originBeat` is due. */
+  originTime: number;
+  /** The beat_index due at `originTime`. @default {0} */
+  originBeat?: number;
+  /** Tempo in BPM, 0.1 to 60000. @default {2} */
+  tempoBpm?: number;
+  /** Beats in a bar. @default {4} */
+  beatsPerBar?: number;
+  /** Phase of each beat position in the bar. @default {defaultPhases(beatsPerBar)} */
+  phases?: readonly Phase[];
+  /** A beat_index known to be a downbeat; bars are aligned to it. @default {0} */
+  barOrigin?: number;
+}
+
+/** A serialisable snapshot of a timeline (stored by pulse in KV). */
+export interface TimelineJson {
+  /** Tempo segments, oldest first. */
+  segments: TimelineSegment[];
+  /** Beats in a bar. */
+  beatsPerBar: number;
+  /** Phase of each position in the bar. */
+  phases: Phase[];
+  /** A beat_index that is a downbeat. */
+  barOrigin: number;
+}
+
+/**
+ * The default phase map: plan on the first beat, review on the last, execute in between.
+ *
+ * @param beatsPerBar Beats in a bar.
+ * @returns One phase per bar position.
+ * @throws {RangeError} When `beatsPerBar` is not an integer from 1 to 64.
+ *
+ * @example Four beats
+ * ```ts
+ * import { defaultPhases } from "@chorus/backbeat/sdk";
+ * console.log(defaultPhases(4)); // ["plan", "execute", "execute", "review"]
+ * ```
+ */
+export function defaultPhases(beatsPerBar: number): Phase[] {
+  assertBeatsPerBar(beatsPerBar);
+  if (beatsPerBar === 1) return ["execute"];
+  const out: Phase[] = ["plan"];
+  for (let i = 1; i < beatsPerBar - 1; i++) out.push("execute");
+  out.push("review");
+  return out;
+}
+
+/**
+ * Parses a phase map written as `plan,execute,execute,review`.
+ *
+ * @param text Comma-separated phases.
+ * @returns The phases.
+ * @throws {TypeError} When a name is not a phase.
+ *
+ * @example Parse a flag value
+ * ```ts
+ * import { parsePhases } from "@chorus/backbeat/sdk";
+ * console.log(parsePhases("plan,execute,review").length); // 3
+ * ```
+ */
+export function parsePhases(text: string): Phase[] {
+  const out = text.split(",").map((s) => s.trim());
+  for (const p of out) {
+    if (!(PHASES as readonly string[]).includes(p)) {
+      throw new TypeError(
+        `Invalid phase ${JSON.stringify(p)}: expected one of ${PHASES.join(", ")}`,
+      );
+    }
+  }
+  return out as Phase[];
+}
+
+function assertBeatsPerBar(n: number): void {
+  if (!Number.isInteger(n) || n < 1 || n > 64) {
+    throw new RangeError(`Invalid beats per bar ${n}: expected an integer from 1 to 64`);
+  }
+}
+
+/**
+ * Checks a tempo against the timeline's range.
+ *
+ * @param tempoBpm The tempo.
+ * @throws {RangeError} When it is not a finite number from 0.1 to 60000.
+ *
+ * @example Reject a tempo
+ * ```ts
+ * import { assertTempo } from "@chorus/backbeat/sdk";
+ * try { assertTempo(0.01); } catch (e) { console.log((e as Error).message); }
+ * ```
+ */
+export function assertTempo(tempoBpm: number): void {
+  if (typeof tempoBpm !== "number" || !(tempoBpm >= MIN_TEMPO_BPM && tempoBpm <= MAX_TEMPO_BPM)) {
+    throw new RangeError(
+      `Invalid tempo ${tempoBpm}: expected a number from ${MIN_TEMPO_BPM} to ${MAX_TEMPO_BPM} BPM`,
+    );
+  }
+}
+
+function assertBeat(beat: number, what: string): void {
+  if (!Number.isSafeInteger(beat)) {
+    throw new RangeError(`Invalid ${what} ${beat}: expected an integer`);
+  }
+}
+
+/**
+ * The cluster's absolute beat schedule: for any beat_index or instant it answers due time,
+ * downbeat, phase, deadline, bar start and window id. Beat n is due at `origin + n × period`
+ * (per tempo segment), so error never accumulates. Tempo changes land on the next downbeat and
+ * move no past beat. Pulse schedules from it, degraded clients extrapolate from it, reverb checks
+ * deadlines against it. Timelines are immutable: changes return a new one.
+ *
+ * @example Ask the schedule
+ * ```ts
+ * import { Timeline } from "@chorus/backbeat/sdk";
+ * const t = new Timeline({ originTime: 0, tempoBpm: 120 });
+ * console.log(t.dueAt(10), t.isDownbeat(8), t.phaseOf(11)); // 5000 true "review"
+ * const faster = t.withTempo(240, 9); // lands on beat 12
+ * console.log(faster.dueAt(12), faster.dueAt(13)); // 6000 6250
+ * ```
+ */
+export class Timeline {
+  /** Tempo segments, oldest first (at most {@linkcode MAX_TIMELINE_SEGMENTS}). */
+  readonly segments: readonly TimelineSegment[];
+  /** Beats in a bar. */
+  readonly beatsPerBar: number;
+  /** Phase of each bar position. */
+  readonly phases: readonly Phase[];
+  /** A beat_index that is a downbeat. */
+  readonly barOrigin: number;
+
+  /**
+   * @param options Origin, tempo, bar shape.
+   * @throws {RangeError} On a tempo, beat count or origin out of range.
+   * @throws {TypeError} When the phase map does not match the bar.
+   */
+  constructor(options: TimelineOptions) {
+    const tempo = options.tempoBpm ?? DEFAULT_TEMPO_BPM;
+    assertTempo(tempo);
+    if (!Number.isFinite(options.originTime)) {
+      throw new RangeError(`Invalid originTime ${options.originTime}: expected a finite number`);
+    }
+    const originBeat = options.originBeat ?? 0;
+    assertBeat(originBeat, "originBeat");
+    const bpb = options.beatsPerBar ?? DEFAULT_BEATS_PER_BAR;
+    assertBeatsPerBar(bpb);
+    const phases = options.phases ?? defaultPhases(bpb);
+    if (phases.length !== bpb || phases.some((p) => !(PHASES as readonly string[]).includes(p))) {
+      throw new TypeError(
+        `Invalid phase map [${phases.join(", ")}]: expected ${bpb} phases, each one of ${
+          PHASES.join(", ")
+        }`,
+      );
+    }
+    const barOrigin = options.barOrigin ?? 0;
+    assertBeat(barOrigin, "barOrigin");
+    this.segments = [{ beat: originBeat, at: options.originTime, tempoBpm: tempo }];
+    this.beatsPerBar = bpb;
+    this.phases = [...phases];
+    this.barOrigin = barOrigin;
+  }
+
+  /**
+   * Restores a timeline from {@linkcode Timeline.toJSON}'s output.
+   *
+   * @param json The snapshot.
+   * @returns The timeline.
+   * @throws {RangeError} On invalid contents.
+   */
+  static fromJSON(json: TimelineJson): Timeline {
+    if (!json || !Array.isArray(json.segments) || json.segments.length === 0) {
+      throw new RangeError("Invalid timeline snapshot: no segments");
+    }
+    const first = json.segments[0];
+    let t = new Timeline({
+      originTime: first.at,
+      originBeat: first.beat,
+      tempoBpm: first.tempoBpm,
+      beatsPerBar: json.beatsPerBar,
+      phases: json.phases,
+      barOrigin: json.barOrigin,
+    });
+    for (const s of json.segments.slice(1)) {
+      assertTempo(s.tempoBpm);
+      assertBeat(s.beat, "segment beat");
+      t = t.#withSegments([...t.segments, { beat: s.beat, at: s.at, tempoBpm: s.tempoBpm }]);
+    }
+    return t;
+  }
+
+  /** @returns A JSON-safe snapshot. */
+  toJSON(): TimelineJson {
+    return {
+      segments: this.segments.map((s) => ({ ...s })),
+      beatsPerBar: this.beatsPerBar,
+      phases: [...this.phases],
+      barOrigin: this.barOrigin,
+    };
+  }
+
+  #withSegments(segments: TimelineSegment[]): Timeline {
+    const t = Object.create(Timeline.prototype) as Timeline;
+    const kept = segments.slice(-MAX_TIMELINE_SEGMENTS);
+    Object.assign(t, {
+      segments: kept,
+      beatsPerBar: this.beatsPerBar,
+      phases: this.phases,
+      barOrigin: this.barOrigin,
+    });
+    return t;
+  }
+
+  #segmentForBeat(beat: number): TimelineSegment {
+    const segs = this.segments;
+    for (let i = segs.length - 1; i > 0; i--) if (segs[i].beat <= beat) return segs[i];
+    return segs[0];
+  }
+
+  /**
+   * @param beat A beat_index.
+   * @returns The tempo in force at that beat.
+   */
+  tempoAt(beat: number): number {
+    return this.#segmentForBeat(beat).tempoBpm;
+  }
+
+  /**
+   * @param beat A beat_index.
+   * @returns The beat period in milliseconds at that beat.
+   */
+  periodAt(beat: number): number {
+    return 60_000 / this.tempoAt(beat);
+  }
+
+  /**
+   * @param beat A beat_index.
+   * @returns Epoch milliseconds at which the beat is due.
+   */
+  dueAt(beat: number): number {
+    const s = this.#segmentForBeat(beat);
+    return s.at + (beat - s.beat) * (60_000 / s.tempoBpm);
+  }
+
+  /**
+   * The latest beat due at or before an instant.
+   *
+   * @param time Epoch milliseconds.
+   * @returns The beat_index (may be below the origin for instants before it).
+   */
+  beatAt(time: number): number {
+    const segs = this.segments;
+    let s = segs[0];
+    for (let i = segs.length - 1; i > 0; i--) {
+      if (segs[i].at <= time) {
+        s = segs[i];
+        break;
+      }
+    }
+    let n = s.beat + Math.floor((time - s.at) / (60_000 / s.tempoBpm));
+    // Guard the floor against floating-point edges so dueAt(beatAt(t)) <= t < dueAt(beatAt(t)+1).
+    while (this.dueAt(n) > time) n--;
+    while (this.dueAt(n + 1) <= time) n++;
+    return n;
+  }
+
+  /**
+   * @param beat A beat_index.
+   * @returns Its position in the bar, 0 for the downbeat.
+   */
+  positionInBar(beat: number): number {
+    const m = (beat - this.barOrigin) % this.beatsPerBar;
+    return m < 0 ? m + this.beatsPerBar : m;
+  }
+
+  /**
+   * @param beat A beat_index.
+   * @returns Whether it opens a bar.
+   */
+  isDownbeat(beat: number): boolean {
+    return this.positionInBar(beat) === 0;
+  }
+
+  /**
+   * @param beat A beat_index.
+   * @returns The beat_index of its bar's downbeat.
+   */
+  barStart(beat: number): number {
+    return beat - this.positionInBar(beat);
+  }
+
+  /**
+   * @param beat A beat_index.
+   * @returns The phase it belongs to.
+   */
+  phaseOf(beat: number): Phase {
+    return this.phases[this.positionInBar(beat)];
+  }
+
+  /**
+   * The first beat after `beat` that starts a different phase or a new bar.
+   *
+   * @param beat A beat_index.
+   * @returns That beat_index.
+   */
+  phaseEndBeat(beat: number): number {
+    const pos = this.positionInBar(beat);
+    const phase = this.phases[pos];
+    let k = pos + 1;
+    while (k < this.beatsPerBar && this.phases[k] === phase) k++;
+    return beat + (k - pos);
+  }
+
+  /**
+   * The end of the phase the beat belongs to (the frame's `deadline_at`).
+   *
+   * @param beat A beat_index.
+   * @returns Epoch milliseconds.
+   */
+  deadlineAt(beat: number): number {
+    return this.dueAt(this.phaseEndBeat(beat));
+  }
+
+  /**
+   * The instant by which a claim counts as an on-time review for the bar holding `beat`: the end
+   * of the bar's review phase, or the bar's end when the bar has no review beat.
+   *
+   * @param beat A beat_index.
+   * @returns Epoch milliseconds.
+   */
+  reviewDeadlineAt(beat: number): number {
+    const start = this.barStart(beat);
+    for (let k = this.beatsPerBar - 1; k >= 0; k--) {
+      if (this.phases[k] === "review") return this.deadlineAt(start + k);
+    }
+    return this.dueAt(start + this.beatsPerBar);
+  }
+
+  /**
+   * A tempo change that lands on a later downbeat, if one is scheduled after `beat`.
+   *
+   * @param beat A beat_index.
+   * @returns The next segment starting after `beat`, or `undefined`.
+   */
+  pendingChange(beat: number): TimelineSegment | undefined {
+    return this.segments.find((s) => s.beat > beat);
+  }
+
+  /**
+   * Schedules a tempo change at the first downbeat after `currentBeat`. Beats up to that
+   * downbeat keep their times; beat_index stays continuous.
+   *
+   * @param tempoBpm The new tempo.
+   * @param currentBeat The latest beat already due or published.
+   * @returns A new timeline.
+   * @throws {RangeError} When the tempo is out of range.
+   */
+  withTempo(tempoBpm: number, currentBeat: number): Timeline {
+    assertTempo(tempoBpm);
+    assertBeat(currentBeat, "currentBeat");
+    const at = this.barStart(currentBeat) + this.beatsPerBar;
+    const kept = this.segments.filter((s) => s.beat < at);
+    const base = kept.length > 0 ? kept : [this.segments[0]];
+    return this.#withSegments([...base, { beat: at, at: this.dueAt(at), tempoBpm }]);
+  }
+
+  /**
+   * Drops tempo segments wholly before `beat` (keeps memory bounded for long runs).
+   *
+   * @param beat The earliest beat still of interest.
+   * @returns A new timeline answering the same for `beat` and later.
+   */
+  trimBefore(beat: number): Timeline {
+    const s = this.#segmentForBeat(beat);
+    const i = this.segments.indexOf(s);
+    return i <= 0 ? this : this.#withSegments(this.segments.slice(i));
+  }
+
+  /**
+   * @param clusterId The cluster.
+   * @param beat A beat_index.
+   * @returns The window id of the bar holding the beat.
+   */
+  windowId(clusterId: string, beat: number): Promise<string> {
+    return windowId(clusterId, this.barStart(beat));
+  }
+
+  /**
+   * Builds the BeatFrame for a beat, exactly as pulse publishes it.
+   *
+   * @param clusterId The cluster.
+   * @param beat A beat_index (≥ 0).
+   * @param hlc The frame's HLC stamp.
+   * @param window The window id if already known (saves a digest).
+   * @returns The frame.
+   */
+  async frame(clusterId: string, beat: number, hlc: string, window?: string): Promise<BeatFrame> {
+    const frame: BeatFrame = {
+      type: "backbeat.beatframe.v1",
+      cluster_id: clusterId,
+      beat_index: beat,
+      downbeat: this.isDownbeat(beat),
+      phase: this.phaseOf(beat),
+      hlc,
+      deadline_at: new Date(Math.ceil(this.deadlineAt(beat))).toISOString(),
+      tempo_bpm: this.tempoAt(beat),
+      window_id: window ?? await this.windowId(clusterId, beat),
+      beats_per_bar: this.beatsPerBar,
+    };
+    const next = this.pendingChange(beat);
+    if (next && next.tempoBpm !== frame.tempo_bpm) frame.next_tempo_bpm = next.tempoBpm;
+    return frame;
+  }
+}

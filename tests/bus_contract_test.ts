@@ -1,0 +1,193 @@
+// One contract, two transports: the same behaviour is asserted of InMemoryBus and of NatsBus on a
+// real nats-server.
+import assert from "node:assert/strict";
+import { type Bus, connectNatsBus, InMemoryBus } from "../sdk/mod.ts";
+import { BackbeatError } from "../sdk/_errors.ts";
+import { startNatsServer } from "./_nats_server.ts";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function collect(bus: Bus, subject: string, queue?: string) {
+  const got: { subject: string; text: string; headers?: Record<string, string> }[] = [];
+  const sub = bus.subscribe(subject, (m) => {
+    got.push({ subject: m.subject, text: dec.decode(m.data), headers: m.headers });
+  }, { queue });
+  return { got, sub };
+}
+
+async function until(cond: () => boolean, ms = 3000): Promise<void> {
+  const end = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+type Factory = () => Promise<{ bus: Bus; peer: Bus; done: () => Promise<void> }>;
+
+function contract(name: string, make: Factory) {
+  Deno.test(`${name}: delivers in order with headers to every matching subscriber`, async () => {
+    const { bus, peer, done } = await make();
+    try {
+      const a = collect(peer, "backbeat.c1.beat");
+      const b = collect(peer, "backbeat.c1.*");
+      const c = collect(peer, "backbeat.>");
+      const other = collect(peer, "backbeat.c2.beat");
+      await peer.flush();
+      for (let i = 0; i < 100; i++) {
+        bus.publish("backbeat.c1.beat", enc.encode(String(i)), {
+          headers: { "x-window-id": "w", "x-hlc": `h${i}` },
+        });
+      }
+      await bus.flush();
+      await until(() => a.got.length === 100 && b.got.length === 100 && c.got.length === 100);
+      assert.deepEqual(a.got.map((m) => Number(m.text)), [...Array(100).keys()]);
+      assert.equal(a.got[7].headers?.["x-hlc"], "h7");
+      assert.equal(a.got[7].headers?.["x-window-id"], "w");
+      assert.equal(b.got[99].subject, "backbeat.c1.beat");
+      assert.equal(other.got.length, 0);
+      a.sub.unsubscribe();
+      bus.publish("backbeat.c1.beat", enc.encode("after"));
+      await bus.flush();
+      await until(() => b.got.length === 101);
+      assert.equal(a.got.length, 100);
+    } finally {
+      await done();
+    }
+  });
+
+  Deno.test(`${name}: a queue group shares messages, each delivered once`, async () => {
+    const { bus, peer, done } = await make();
+    try {
+      const q1 = collect(peer, "backbeat.c1.status", "reverb");
+      const q2 = collect(peer, "backbeat.c1.status", "reverb");
+      const all = collect(peer, "backbeat.c1.status");
+      await peer.flush();
+      for (let i = 0; i < 200; i++) bus.publish("backbeat.c1.status", enc.encode(String(i)));
+      await bus.flush();
+      await until(() => all.got.length === 200 && q1.got.length + q2.got.length === 200);
+      const seen = [...q1.got, ...q2.got].map((m) => Number(m.text)).sort((x, y) => x - y);
+      assert.deepEqual(seen, [...Array(200).keys()]);
+    } finally {
+      await done();
+    }
+  });
+
+  Deno.test(`${name}: a throwing handler is reported and does not stop delivery`, async () => {
+    const { bus, peer, done } = await make();
+    try {
+      const errors: string[] = [];
+      peer.addEventListener("error", (e) => errors.push((e as ErrorEvent).message));
+      let n = 0;
+      peer.subscribe("backbeat.c1.bar", () => {
+        n++;
+        throw new Error("boom");
+      });
+      await peer.flush();
+      bus.publish("backbeat.c1.bar", enc.encode("1"));
+      bus.publish("backbeat.c1.bar", enc.encode("2"));
+      await bus.flush();
+      await until(() => n === 2 && errors.length === 2);
+      assert.match(errors[0], /boom/);
+    } finally {
+      await done();
+    }
+  });
+
+  Deno.test(`${name}: rejects bad subjects, oversized payloads and use after close`, async () => {
+    const { bus, done } = await make();
+    let closed = false;
+    try {
+      assert.throws(() => bus.publish("backbeat..beat", enc.encode("x")), TypeError);
+      assert.throws(() => bus.publish("backbeat.*.beat", enc.encode("x")), TypeError);
+      assert.throws(() => bus.subscribe("a.>.b", () => {}), TypeError);
+      assert.throws(
+        () => bus.publish("backbeat.c1.beat", new Uint8Array(bus.maxPayload + 1)),
+        RangeError,
+      );
+      assert.equal(bus.status, "connected");
+      const statuses: string[] = [];
+      bus.addEventListener("status", (e) => statuses.push((e as CustomEvent).detail.status));
+      await bus.close();
+      closed = true;
+      await bus.close(); // idempotent
+      assert.equal(bus.status, "closed");
+      assert.deepEqual(statuses, ["closed"]);
+      assert.throws(
+        () => bus.publish("backbeat.c1.beat", enc.encode("x")),
+        (e) => e instanceof BackbeatError && e.code === "closed",
+      );
+    } finally {
+      if (!closed) await bus.close();
+      await done();
+    }
+  });
+}
+
+contract("InMemoryBus", () => {
+  const bus = new InMemoryBus();
+  return Promise.resolve({ bus, peer: bus, done: () => bus.close() });
+});
+
+contract("NatsBus", async () => {
+  const server = await startNatsServer({ jetstream: false });
+  const bus = await connectNatsBus({ servers: server.url });
+  const peer = await connectNatsBus({ servers: server.url });
+  return {
+    bus,
+    peer,
+    done: async () => {
+      await bus.close();
+      await peer.close();
+      await server.stop();
+    },
+  };
+});
+
+Deno.test("InMemoryBus drops and counts messages beyond maxPending", async () => {
+  const bus = new InMemoryBus({ maxPending: 10 });
+  const errors: string[] = [];
+  bus.addEventListener("error", (e) => errors.push((e as ErrorEvent).message));
+  let n = 0;
+  const sub = bus.subscribe("x", () => n++);
+  for (let i = 0; i < 25; i++) bus.publish("x", enc.encode("m"));
+  await bus.flush();
+  assert.equal(n, 10);
+  assert.equal(sub.dropped, 15);
+  assert.equal(errors.length, 15);
+  await bus.close();
+});
+
+Deno.test("NatsBus reports disconnect and reconnect across a server restart", async () => {
+  const server = await startNatsServer({ jetstream: false });
+  const bus = await connectNatsBus({ servers: server.url, reconnectTimeWait: 50 });
+  const peerGot: string[] = [];
+  try {
+    const statuses: string[] = [];
+    bus.addEventListener("status", (e) => statuses.push((e as CustomEvent).detail.status));
+    bus.subscribe("backbeat.c1.beat", (m) => peerGot.push(dec.decode(m.data)));
+    await server.restart();
+    await until(() => bus.status === "connected" && bus.reconnects === 1, 8000);
+    assert.ok(statuses.includes("disconnected"));
+    assert.equal(statuses.at(-1), "connected");
+    // The subscription is restored after the reconnect.
+    bus.publish("backbeat.c1.beat", enc.encode("again"));
+    await bus.flush();
+    await until(() => peerGot.includes("again"));
+  } finally {
+    await bus.close();
+    await server.stop();
+  }
+});
+
+Deno.test("connectNatsBus() fails with a connection error when no server listens", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  await assert.rejects(
+    connectNatsBus({ servers: `nats://127.0.0.1:${port}`, timeout: 500 }),
+    (e) =>
+      e instanceof BackbeatError && e.code === "connection" && /Cannot connect/.test(e.message),
+  );
+});
