@@ -98,3 +98,10 @@ export {
 } from "./_signing.ts";
 
 // --- client (sdk/_client.ts and friends) ---
+export {
+  type Clock,
+  DEFAULT_SPIN_MS,
+  ManualClock,
+  SystemClock,
+  type SystemClockOptions,
+} from "./_clock.ts";
