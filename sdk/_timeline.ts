@@ -226,14 +226,16 @@ export class Timeline {
   }
 
   #withSegments(segments: TimelineSegment[]): Timeline {
-    const t = Object.create(Timeline.prototype) as Timeline;
     const kept = segments.slice(-MAX_TIMELINE_SEGMENTS);
-    Object.assign(t, {
-      segments: kept,
+    const t = new Timeline({
+      originTime: kept[0].at,
+      originBeat: kept[0].beat,
+      tempoBpm: kept[0].tempoBpm,
       beatsPerBar: this.beatsPerBar,
       phases: this.phases,
       barOrigin: this.barOrigin,
     });
+    (t as { segments: readonly TimelineSegment[] }).segments = kept;
     return t;
   }
 
