@@ -181,7 +181,11 @@ export class InMemoryBus extends EventTarget implements Bus {
   #inflight = 0;
   #idle: Array<() => void> = [];
 
-  /** @param options Queue and payload limits. */
+  /**
+   * Creates an empty bus.
+   *
+   * @param options Queue and payload limits.
+   */
   constructor(options: InMemoryBusOptions = {}) {
     super();
     this.#maxPending = options.maxPending ?? DEFAULT_MAX_PENDING;

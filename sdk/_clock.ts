@@ -40,7 +40,11 @@ export interface SystemClockOptions {
 export class SystemClock implements Clock {
   readonly #spin: number;
 
-  /** @param options Spin window. */
+  /**
+   * Creates the clock.
+   *
+   * @param options Spin window.
+   */
   constructor(options: SystemClockOptions = {}) {
     this.#spin = options.spinMs ?? DEFAULT_SPIN_MS;
     if (!(this.#spin >= 0 && this.#spin <= 20)) {
@@ -104,7 +108,11 @@ export class ManualClock implements Clock {
   #seq = 0;
   #queue: Pending[] = [];
 
-  /** @param start Initial epoch milliseconds. @default {0} */
+  /**
+   * Creates a clock stopped at `start`.
+   *
+   * @param start Initial epoch milliseconds.
+   */
   constructor(start = 0) {
     this.#now = start;
   }

@@ -53,6 +53,8 @@ export class BackbeatError extends Error {
   readonly detail: Record<string, unknown> | undefined;
 
   /**
+   * Creates an error with a stable code.
+   *
    * @param code A stable {@linkcode ErrorCode}.
    * @param message A sentence for people.
    * @param options `cause` and structured `detail`.
@@ -82,6 +84,8 @@ export class BeatBudgetExceededError extends BackbeatError {
   readonly budget: number;
 
   /**
+   * Creates the error for a budget that ran out.
+   *
    * @param beatsUsed Beats that passed.
    * @param budget The budget in beats.
    */
@@ -114,6 +118,8 @@ export class InvalidMessageError extends BackbeatError {
   readonly errors: readonly { path: string; keyword: string; message: string }[];
 
   /**
+   * Creates the error with its field-level details.
+   *
    * @param code `invalid_claim` or `invalid_message`.
    * @param message A sentence for people.
    * @param errors Field-level errors.

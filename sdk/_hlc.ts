@@ -132,7 +132,11 @@ export class HybridLogicalClock {
   #logical = 0;
   #started = false;
 
-  /** @param options Clock source and the largest remote offset accepted. */
+  /**
+   * Creates a clock.
+   *
+   * @param options Clock source and the largest remote offset accepted.
+   */
   constructor(options: HlcOptions = {}) {
     this.#clock = options.clock ?? Date.now;
     this.#maxOffset = options.maxOffsetMs ?? DEFAULT_HLC_MAX_OFFSET_MS;

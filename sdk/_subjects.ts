@@ -11,6 +11,7 @@ export interface ClusterSubjects {
 }
 
 // A NATS subject token: printable, no whitespace, no separators or wildcards.
+// deno-lint-ignore no-control-regex
 const TOKEN = /^[^\s.*>\u0000-\u001f\u007f]{1,128}$/u;
 
 /**

@@ -157,6 +157,8 @@ export class Timeline {
   readonly barOrigin: number;
 
   /**
+   * Creates a timeline with one tempo segment.
+   *
    * @param options Origin, tempo, bar shape.
    * @throws {RangeError} On a tempo, beat count or origin out of range.
    * @throws {TypeError} When the phase map does not match the bar.
@@ -215,7 +217,11 @@ export class Timeline {
     return t;
   }
 
-  /** @returns A JSON-safe snapshot. */
+  /**
+   * A JSON-safe snapshot, for storage.
+   *
+   * @returns The snapshot.
+   */
   toJSON(): TimelineJson {
     return {
       segments: this.segments.map((s) => ({ ...s })),
@@ -246,6 +252,8 @@ export class Timeline {
   }
 
   /**
+   * The tempo of a beat.
+   *
    * @param beat A beat_index.
    * @returns The tempo in force at that beat.
    */
@@ -254,6 +262,8 @@ export class Timeline {
   }
 
   /**
+   * The beat period at a beat.
+   *
    * @param beat A beat_index.
    * @returns The beat period in milliseconds at that beat.
    */
@@ -262,6 +272,8 @@ export class Timeline {
   }
 
   /**
+   * When a beat is due.
+   *
    * @param beat A beat_index.
    * @returns Epoch milliseconds at which the beat is due.
    */
@@ -293,6 +305,8 @@ export class Timeline {
   }
 
   /**
+   * Where a beat stands in its bar.
+   *
    * @param beat A beat_index.
    * @returns Its position in the bar, 0 for the downbeat.
    */
@@ -302,6 +316,8 @@ export class Timeline {
   }
 
   /**
+   * Whether a beat is a downbeat.
+   *
    * @param beat A beat_index.
    * @returns Whether it opens a bar.
    */
@@ -310,6 +326,8 @@ export class Timeline {
   }
 
   /**
+   * The downbeat of a beat's bar.
+   *
    * @param beat A beat_index.
    * @returns The beat_index of its bar's downbeat.
    */
@@ -318,6 +336,8 @@ export class Timeline {
   }
 
   /**
+   * The phase of a beat.
+   *
    * @param beat A beat_index.
    * @returns The phase it belongs to.
    */
@@ -405,6 +425,8 @@ export class Timeline {
   }
 
   /**
+   * The window id of a beat's bar.
+   *
    * @param clusterId The cluster.
    * @param beat A beat_index.
    * @returns The window id of the bar holding the beat.
