@@ -1,0 +1,70 @@
+/**
+ * BACKBEAT's versioned wire contracts: the JSON Schemas of the three v1 messages (BeatFrame,
+ * StatusClaim, BarReport), a fast validator whose messages are written for people, and the
+ * `backbeat-validate` CLI (`@chorus/backbeat/validate`).
+ *
+ * The built-in schemas are compiled ahead of time by ajv (standalone code; `allErrors`, strict
+ * mode, ajv-formats), so validation starts instantly; other schema sets are compiled once by ajv
+ * at run time ({@linkcode MessageValidator.fromSchemas}). A message's `type` picks its schema.
+ * Malformed JSON, a missing or unknown `type`, and BarReport's `to_beat < from_beat` (which JSON
+ * Schema cannot express) are all reported as validation errors, never thrown. Error messages are
+ * the ones of the contracts' troubleshooting table, e.g. `hlc must match pattern XXXX:XXXX:XXXX
+ * (hex)`.
+ *
+ * @example Validate a message
+ * ```ts
+ * import { validateMessage, validateMessageString } from "@chorus/backbeat/schemas";
+ *
+ * const frame = {
+ *   type: "backbeat.beatframe.v1",
+ *   cluster_id: "chorus-prod",
+ *   beat_index: 1337,
+ *   downbeat: false,
+ *   phase: "execute",
+ *   hlc: "7ffd:0001:abcd",
+ *   deadline_at: "2025-09-05T12:30:00Z",
+ *   tempo_bpm: 2.0,
+ *   window_id: "7e9b0e6c4c9a4e59b7f2d9a3c1b2e4d5",
+ * };
+ * console.log(validateMessage(frame).valid); // true
+ *
+ * const bad = validateMessageString('{"type":"backbeat.beatframe.v1","hlc":"nope"}');
+ * for (const error of bad.errors) console.log(`${error.path}: ${error.message}`);
+ * // /cluster_id: cluster_id field is required
+ * // ...
+ * // /hlc: hlc must match pattern XXXX:XXXX:XXXX (hex)
+ * ```
+ *
+ * @module
+ */
+
+export {
+  assertValidMessage,
+  DEFAULT_MAX_ERRORS,
+  defaultMessageValidator,
+  MessageValidator,
+  type MessageValidatorOptions,
+  validateMessage,
+  validateMessageString,
+  type ValidationResult,
+} from "./_validator.ts";
+export {
+  BARREPORT_V1_SCHEMA,
+  BEATFRAME_V1_SCHEMA,
+  BUILTIN_SCHEMAS,
+  type JsonSchema,
+  STATUSCLAIM_V1_SCHEMA,
+} from "./_builtin_schemas.ts";
+export type { ValidationError } from "./_messages_text.ts";
+export { MAX_INPUT_BYTES, MAX_LINE_CHARS, runValidateCli, type ValidateCliIo } from "./_cli.ts";
+export {
+  type BackbeatMessage,
+  type BarReport,
+  type BarReportIssue,
+  type BeatFrame,
+  ClaimState,
+  IssueKind,
+  MessageType,
+  Phase,
+  type StatusClaim,
+} from "../sdk/_messages.ts";
