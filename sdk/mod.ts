@@ -76,6 +76,7 @@ export {
   connectNatsBus,
   DEFAULT_MAX_PAYLOAD,
   DEFAULT_MAX_PENDING,
+  DEFAULT_MAX_RECONNECT_WAIT_MS,
   InMemoryBus,
   type InMemoryBusOptions,
   type NatsBusLike,
@@ -99,9 +100,55 @@ export {
 
 // --- client (sdk/_client.ts and friends) ---
 export {
+  type BeatCallback,
+  type BeatEventDetail,
+  type BeatInfo,
+  Client,
+  ClientState,
+  type DegradedEventDetail,
+  type RecoveredEventDetail,
+  type StatusClaimInput,
+} from "./_client.ts";
+export {
+  type ClientConfig,
+  type ClientLogger,
+  DEFAULT_BEATS_PER_BAR_HINT,
+  DEFAULT_CLAIM_BUFFER_SIZE,
+  DEFAULT_ERROR_HISTORY_SIZE,
+  DEFAULT_JITTER_TOLERANCE_MS,
+  DEFAULT_LATENCY_WINDOW_SIZE,
+  DEFAULT_MAX_CALLBACKS,
+  DEFAULT_TASK_ID,
+  defaultConfig,
+  type NatsConnectionOptions,
+} from "./_config.ts";
+export type { ClientHealth, HealthError, LatencyStats } from "./_health.ts";
+export {
   type Clock,
   DEFAULT_SPIN_MS,
   ManualClock,
   SystemClock,
   type SystemClockOptions,
 } from "./_clock.ts";
+
+// --- service support (sdk/_log.ts, sdk/_metrics.ts; shared by pulse and reverb) ---
+export {
+  JsonLogger,
+  type JsonLoggerOptions,
+  LOG_LEVELS,
+  type LogFields,
+  type Logger,
+  LogLevel,
+  parseLogLevel,
+  silentLogger,
+} from "./_log.ts";
+export {
+  DEFAULT_LATENCY_BOUNDS_SECONDS,
+  Histogram,
+  type HistogramSnapshot,
+  logBuckets,
+  type MetricLabels,
+  PROMETHEUS_CONTENT_TYPE,
+  PrometheusWriter,
+  quantile,
+} from "./_metrics.ts";

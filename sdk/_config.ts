@@ -1,0 +1,137 @@
+import type { Bus, NatsBusOptions } from "./_bus.ts";
+import type { Clock } from "./_clock.ts";
+import type { SigningKeyInput } from "./_signing.ts";
+
+/** Default of {@linkcode ClientConfig.taskId}. */
+export const DEFAULT_TASK_ID = "default";
+/** Default of {@linkcode ClientConfig.jitterToleranceMs}. */
+export const DEFAULT_JITTER_TOLERANCE_MS = 50;
+/** Default of {@linkcode ClientConfig.beatsPerBar} (a hint, used only when frames do not say). */
+export const DEFAULT_BEATS_PER_BAR_HINT = 4;
+/** Default of {@linkcode ClientConfig.claimBufferSize}. */
+export const DEFAULT_CLAIM_BUFFER_SIZE = 1_000;
+/** Default of {@linkcode ClientConfig.latencyWindowSize}. */
+export const DEFAULT_LATENCY_WINDOW_SIZE = 1_024;
+/** Default of {@linkcode ClientConfig.errorHistorySize}. */
+export const DEFAULT_ERROR_HISTORY_SIZE = 32;
+/** Default of {@linkcode ClientConfig.maxCallbacks}. */
+export const DEFAULT_MAX_CALLBACKS = 1_024;
+
+/** Where the client writes what it does; `console` fits. */
+export interface ClientLogger {
+  /** Routine detail. */
+  debug(...data: unknown[]): void;
+  /** Transitions worth knowing (degraded, recovered). */
+  info(...data: unknown[]): void;
+  /** Dropped frames, failed callbacks. */
+  warn(...data: unknown[]): void;
+  /** Lost claims and failures with no caller to throw to. */
+  error(...data: unknown[]): void;
+}
+
+/** NATS connection options of a client: {@linkcode NatsBusOptions} without `servers`. */
+export type NatsConnectionOptions = Omit<NatsBusOptions, "servers">;
+
+/**
+ * Configuration of a {@linkcode Client}. Start from {@linkcode defaultConfig} and set
+ * `clusterId`, `agentId` and a transport (`natsUrl` or `bus`).
+ */
+export interface ClientConfig {
+  /** The cluster to follow (one NATS subject token). Required. @default {""} */
+  clusterId: string;
+  /** This agent's id, sent in every claim and as `x-agent-id`. Required. @default {""} */
+  agentId: string;
+  /** Task id of claims that do not name one. @default {"default"} */
+  taskId?: string;
+  /**
+   * NATS server URL. When set, the client connects through a connection shared by every client
+   * in the process with the same URL and credentials; nats.js is loaded only then.
+   * @default {undefined}
+   */
+  natsUrl?: string;
+  /**
+   * Credentials and reconnect policy for `natsUrl`. Clients sharing a connection use the options
+   * of the first one to connect (connections are keyed by URL, user, password and token).
+   * Reconnects forever by default.
+   * @default {{}}
+   */
+  natsOptions?: NatsConnectionOptions;
+  /**
+   * A bus to use instead of NATS (e.g. an `InMemoryBus`). Takes precedence over `natsUrl`.
+   * The client never closes a bus it was given.
+   * @default {undefined}
+   */
+  bus?: Bus;
+  /**
+   * Ed25519 key to sign claims with: a private `CryptoKey`, PKCS#8 bytes, a 32-byte seed or a
+   * private JWK. Without it claims are unsigned.
+   * @default {undefined}
+   */
+  signingKey?: SigningKeyInput;
+  /** Key id sent as `x-key-id`. @default {derived from the public key} */
+  keyId?: string;
+  /**
+   * How long after a beat's expected arrival (one period after the previous one) the client
+   * waits before entering degraded mode.
+   * @default {50}
+   */
+  jitterToleranceMs?: number;
+  /** Beats per bar, used for synthetic beats only when frames do not carry it. @default {4} */
+  beatsPerBar?: number;
+  /** Claims held while disconnected; beyond it `emitStatusClaim` rejects. @default {1000} */
+  claimBufferSize?: number;
+  /**
+   * Produce synthetic beats when pulse goes quiet (after at least one real beat: the timeline is
+   * extrapolated from the last one).
+   * @default {true}
+   */
+  localDegradation?: boolean;
+  /** Time source for arrival times, the degradation watchdog and synthetic beats. @default {new SystemClock()} */
+  clock?: Clock;
+  /** Where to log. @default {console} */
+  logger?: ClientLogger;
+  /** Callback latency samples kept for `health()`. @default {1024} */
+  latencyWindowSize?: number;
+  /** Errors kept for `health().lastErrors`. @default {32} */
+  errorHistorySize?: number;
+  /** Most callbacks that may be registered at once (beat and downbeat together). @default {1024} */
+  maxCallbacks?: number;
+}
+
+/**
+ * Returns a fresh configuration holding every default; set `clusterId`, `agentId` and `natsUrl`
+ * (or `bus`) before passing it to `new Client()`.
+ *
+ * @returns A new, mutable configuration.
+ *
+ * @example Configure a client
+ * ```ts
+ * import { defaultConfig, InMemoryBus } from "@chorus/backbeat";
+ * const config = defaultConfig();
+ * config.clusterId = "chorus-dev";
+ * config.agentId = "my-service";
+ * config.bus = new InMemoryBus();
+ * console.log(config.jitterToleranceMs); // 50
+ * ```
+ */
+export function defaultConfig(): ClientConfig {
+  return {
+    clusterId: "",
+    agentId: "",
+    taskId: DEFAULT_TASK_ID,
+    natsUrl: undefined,
+    natsOptions: {},
+    bus: undefined,
+    signingKey: undefined,
+    keyId: undefined,
+    jitterToleranceMs: DEFAULT_JITTER_TOLERANCE_MS,
+    beatsPerBar: DEFAULT_BEATS_PER_BAR_HINT,
+    claimBufferSize: DEFAULT_CLAIM_BUFFER_SIZE,
+    localDegradation: true,
+    clock: undefined,
+    logger: console,
+    latencyWindowSize: DEFAULT_LATENCY_WINDOW_SIZE,
+    errorHistorySize: DEFAULT_ERROR_HISTORY_SIZE,
+    maxCallbacks: DEFAULT_MAX_CALLBACKS,
+  };
+}

@@ -1,0 +1,110 @@
+import type { Phase } from "./_messages.ts";
+
+/** Percentiles of callback latency over the client's bounded window, in milliseconds. */
+export interface LatencyStats {
+  /** Median. */
+  readonly p50: number;
+  /** 99th percentile. */
+  readonly p99: number;
+  /** Largest sample in the window. */
+  readonly max: number;
+  /** Samples in the window. */
+  readonly count: number;
+}
+
+/** One entry of {@linkcode ClientHealth.lastErrors}. */
+export interface HealthError {
+  /** When it happened (the client clock's epoch milliseconds). */
+  readonly at: number;
+  /** What kind of failure: `callback`, `invalid_frame`, `connection`, `claim`, `hlc`. */
+  readonly kind: string;
+  /** A sentence for people. */
+  readonly message: string;
+}
+
+/** A snapshot of a client's state, from `Client.health()`. */
+export interface ClientHealth {
+  /** The bus is connected. */
+  readonly connected: boolean;
+  /** Synthetic beats are being produced because pulse went quiet. */
+  readonly degraded: boolean;
+  /** beat_index of the last beat delivered (real or synthetic), `null` before the first. */
+  readonly lastBeat: number | null;
+  /** When it arrived or fell due (client clock, epoch ms), `null` before the first. */
+  readonly lastBeatAt: number | null;
+  /** Tempo of the last beat. */
+  readonly tempoBpm: number | null;
+  /** Phase of the last beat. */
+  readonly phase: Phase | null;
+  /** Window id of the last beat's bar. */
+  readonly windowId: string | null;
+  /** Reconnections of the bus so far. */
+  readonly reconnectCount: number;
+  /** Beats skipped between two delivered beats. */
+  readonly missedBeats: number;
+  /** Frames dropped: schema-invalid, another cluster's, or stale (a deposed pulse, a duplicate). */
+  readonly droppedFrames: number;
+  /** Claims handed to the bus. */
+  readonly claimsSent: number;
+  /** Claims waiting in the buffer for a connection. */
+  readonly claimsBuffered: number;
+  /** Claims refused because the buffer was full, or lost when the client stopped disconnected. */
+  readonly claimsDropped: number;
+  /** Callbacks that threw or rejected. */
+  readonly callbackErrors: number;
+  /** Time from a beat's arrival (synthetic: its due time) to each callback's entry. */
+  readonly callbackLatency: LatencyStats;
+  /** The most recent errors, oldest first (bounded). */
+  readonly lastErrors: readonly HealthError[];
+}
+
+/** A fixed-size ring of latency samples with percentile queries. */
+export class LatencyWindow {
+  readonly #samples: Float64Array;
+  #next = 0;
+  #count = 0;
+
+  /** @param capacity Samples kept. */
+  constructor(capacity: number) {
+    this.#samples = new Float64Array(capacity);
+  }
+
+  /** @param ms One sample. */
+  record(ms: number): void {
+    this.#samples[this.#next] = ms;
+    this.#next = (this.#next + 1) % this.#samples.length;
+    if (this.#count < this.#samples.length) this.#count++;
+  }
+
+  /** @returns p50, p99 and max of the samples kept (zeros when empty). */
+  stats(): LatencyStats {
+    const n = this.#count;
+    if (n === 0) return { p50: 0, p99: 0, max: 0, count: 0 };
+    const sorted = this.#samples.slice(0, n).sort();
+    const rank = (p: number) => sorted[Math.min(n - 1, Math.max(0, Math.ceil(p * n) - 1))];
+    return { p50: rank(0.5), p99: rank(0.99), max: sorted[n - 1], count: n };
+  }
+}
+
+/** A fixed-size ring of recent errors. */
+export class ErrorRing {
+  readonly #capacity: number;
+  #items: HealthError[] = [];
+
+  /** @param capacity Errors kept. */
+  constructor(capacity: number) {
+    this.#capacity = capacity;
+  }
+
+  /** @param error The error to remember; the oldest is forgotten when full. */
+  push(error: HealthError): void {
+    if (this.#capacity === 0) return;
+    if (this.#items.length >= this.#capacity) this.#items.shift();
+    this.#items.push(error);
+  }
+
+  /** @returns A copy, oldest first. */
+  list(): HealthError[] {
+    return [...this.#items];
+  }
+}
