@@ -72,7 +72,9 @@ export interface Bus extends EventTarget {
   /**
    * Publishes a message.
    *
-   * @throws {BackbeatError} `closed` after close; {@linkcode RangeError} over `maxPayload`.
+   * @throws {BackbeatError} `closed` after close; `connection` while a network bus is not
+   * connected (nothing is queued behind the caller's back); {@linkcode RangeError} over
+   * `maxPayload`.
    */
   publish(subject: string, data: Uint8Array, options?: PublishOptions): void;
   /**
@@ -325,6 +327,9 @@ export class InMemoryBus extends EventTarget implements Bus {
   }
 }
 
+/** Default for {@linkcode NatsBusOptions.maxReconnectWait}. */
+export const DEFAULT_MAX_RECONNECT_WAIT_MS = 10_000;
+
 /** Options of `connectNatsBus()`. */
 export interface NatsBusOptions {
   /** Server URL(s), e.g. `nats://localhost:4222`. */
@@ -339,8 +344,10 @@ export interface NatsBusOptions {
   token?: string;
   /** Reconnect attempts; -1 reconnects forever. @default {-1} */
   maxReconnectAttempts?: number;
-  /** Milliseconds between reconnect attempts to one server (with jitter). @default {250} */
+  /** First wait between reconnect attempts in ms; it doubles per failure (with jitter). @default {250} */
   reconnectTimeWait?: number;
+  /** Longest wait between reconnect attempts in ms. @default {10000} */
+  maxReconnectWait?: number;
   /** Connect timeout in ms. @default {5000} */
   timeout?: number;
   /** Keep retrying when the first connect fails instead of throwing. @default {false} */

@@ -10,11 +10,31 @@ import {
   type BusStatus,
   type BusStatusDetail,
   type BusSubscription,
+  DEFAULT_MAX_RECONNECT_WAIT_MS,
   type NatsBusLike,
   type NatsBusOptions,
   type PublishOptions,
   type SubscribeOptions,
 } from "./_bus.ts";
+
+// Exponential reconnect backoff with full jitter: waits double per failed attempt from
+// reconnectTimeWait up to the cap, and start over after a successful reconnect.
+class Backoff {
+  #attempt = 0;
+  #base: number;
+  #max: number;
+  constructor(base: number, max: number) {
+    this.#base = Math.max(1, base);
+    this.#max = Math.max(this.#base, max);
+  }
+  delay = (): number => {
+    const ceiling = Math.min(this.#max, this.#base * 2 ** Math.min(this.#attempt++, 20));
+    return this.#base / 2 + Math.random() * (ceiling - this.#base / 2);
+  };
+  reset(): void {
+    this.#attempt = 0;
+  }
+}
 
 class NatsSubscription implements BusSubscription {
   readonly subject: string;
@@ -66,6 +86,10 @@ export class NatsBus extends EventTarget implements NatsBusLike {
    * @throws {BackbeatError} `connection` when the connect fails.
    */
   static async connect(options: NatsBusOptions): Promise<NatsBus> {
+    const backoff = new Backoff(
+      options.reconnectTimeWait ?? 250,
+      options.maxReconnectWait ?? DEFAULT_MAX_RECONNECT_WAIT_MS,
+    );
     const servers = Array.isArray(options.servers) ? options.servers : [options.servers];
     if (servers.length === 0 || servers.some((s) => typeof s !== "string" || s === "")) {
       throw new TypeError("Cannot connect to NATS: no server URL given");
@@ -79,10 +103,15 @@ export class NatsBus extends EventTarget implements NatsBusLike {
         token: options.token,
         maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
         reconnectTimeWait: options.reconnectTimeWait ?? 250,
+        reconnectDelayHandler: backoff.delay,
         timeout: options.timeout ?? 5000,
         waitOnFirstConnect: options.waitOnFirstConnect ?? false,
       });
-      return new NatsBus(nc, servers[0]);
+      const bus = new NatsBus(nc, servers[0]);
+      bus.addEventListener("status", (e) => {
+        if ((e as CustomEvent<BusStatusDetail>).detail.status === "connected") backoff.reset();
+      });
+      return bus;
     } catch (cause) {
       throw new BackbeatError(
         "connection",
@@ -112,6 +141,14 @@ export class NatsBus extends EventTarget implements NatsBusLike {
       );
     }
     assertSubject(subject);
+    // nats.js discards what is published while it is disconnected (its outbound buffer is reset
+    // on every reconnect), so refuse instead of losing silently: callers buffer and retry.
+    if (!this.#connected()) {
+      throw new BackbeatError(
+        "connection",
+        `Cannot publish on ${subject}: not connected to NATS (${this.#status})`,
+      );
+    }
     if (data.byteLength > this.maxPayload) {
       throw new RangeError(
         `Cannot publish on ${subject}: payload of ${data.byteLength} bytes exceeds the limit of ${this.maxPayload}`,
@@ -157,6 +194,13 @@ export class NatsBus extends EventTarget implements NatsBusLike {
       },
     });
     return new NatsSubscription(this, subject, sub);
+  }
+
+  // The protocol's own flag flips the moment the socket closes, before the status event.
+  #connected(): boolean {
+    const protocol = (this.connection as unknown as { protocol?: { connected?: boolean } })
+      .protocol;
+    return this.#status === "connected" && protocol?.connected !== false;
   }
 
   async flush(): Promise<void> {

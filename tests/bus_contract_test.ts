@@ -159,7 +159,7 @@ Deno.test("InMemoryBus drops and counts messages beyond maxPending", async () =>
   await bus.close();
 });
 
-Deno.test("NatsBus reports disconnect and reconnect across a server restart", async () => {
+Deno.test("NatsBus reports disconnect and reconnect across a server restart and refuses publishes between", async () => {
   const server = await startNatsServer({ jetstream: false });
   const bus = await connectNatsBus({ servers: server.url, reconnectTimeWait: 50 });
   const peerGot: string[] = [];
@@ -167,7 +167,15 @@ Deno.test("NatsBus reports disconnect and reconnect across a server restart", as
     const statuses: string[] = [];
     bus.addEventListener("status", (e) => statuses.push((e as CustomEvent).detail.status));
     bus.subscribe("backbeat.c1.beat", (m) => peerGot.push(dec.decode(m.data)));
-    await server.restart();
+    await server.kill();
+    await until(() => bus.status !== "connected");
+    // Nothing is silently queued into a dead connection: the caller is told and can buffer.
+    assert.throws(
+      () => bus.publish("backbeat.c1.beat", enc.encode("lost?")),
+      (e) =>
+        e instanceof BackbeatError && e.code === "connection" && /not connected/.test(e.message),
+    );
+    await server.start();
     await until(() => bus.status === "connected" && bus.reconnects === 1, 8000);
     assert.ok(statuses.includes("disconnected"));
     assert.equal(statuses.at(-1), "connected");
