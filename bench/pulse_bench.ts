@@ -1,0 +1,208 @@
+// Pulse benchmark: publish lateness and CPU at 600 and 6,000 BPM on a real nats-server, and
+// takeover time after SIGKILL and SIGTERM with three pulse processes at 120 BPM.
+//
+//   deno run -A bench/pulse_bench.ts [--seconds 20] [--rounds 3]
+import { cpuUsage } from "node:process";
+import { connectNatsBus } from "../sdk/_bus.ts";
+import { SystemClock } from "../sdk/_clock.ts";
+import { Histogram, type HistogramSnapshot, quantile } from "../sdk/_metrics.ts";
+import { Pulse } from "../pulse/mod.ts";
+import { startNatsServer } from "../tests/_nats_server.ts";
+import {
+  currentLeader,
+  measureHandover,
+  type PulseProc,
+  spawnPulse,
+  waitFor,
+  watchBeats,
+} from "../tests/_pulse_procs.ts";
+
+function flag(name: string, fallback: number): number {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 ? Number(Deno.args[i + 1]) : fallback;
+}
+const SECONDS = flag("seconds", 20);
+const ROUNDS = flag("rounds", 3);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const us = (s: number) => (s * 1e6).toFixed(1);
+
+interface LatenessRow {
+  label: string;
+  beats: number;
+  p50: number;
+  p99: number;
+  max: number;
+  within100us: number;
+  cpu: number;
+}
+
+function row(label: string, s: HistogramSnapshot, cpu: number): LatenessRow {
+  let within = 0;
+  for (let i = 0; i < s.bounds.length && s.bounds[i] <= 1e-4; i++) within += s.counts[i];
+  return {
+    label,
+    beats: s.count,
+    p50: quantile(s, 0.5),
+    p99: quantile(s, 0.99),
+    max: s.max,
+    within100us: s.count ? within / s.count : 0,
+    cpu,
+  };
+}
+
+// The floor this machine allows: the same timer and spin with nothing else to do.
+async function baseline(tempoBpm: number): Promise<LatenessRow> {
+  const clock = new SystemClock({ spinMs: 1.5 });
+  const h = new Histogram();
+  const period = 60_000 / tempoBpm;
+  const end = clock.now() + SECONDS * 1000;
+  const wall0 = performance.now();
+  const cpu0 = cpuUsage();
+  await new Promise<void>((done) => {
+    const step = (at: number) => {
+      clock.schedule(at, () => {
+        h.observe((clock.now() - at) / 1000);
+        if (at + period < end) step(at + period);
+        else done();
+      });
+    };
+    step(clock.now() + period);
+  });
+  const cpu = cpuUsage(cpu0);
+  return row(
+    `timer + spin alone, ${tempoBpm} BPM`,
+    h.snapshot(),
+    (cpu.user + cpu.system) / 1000 / (performance.now() - wall0),
+  );
+}
+
+async function lateness(url: string, tempoBpm: number, spinMs: number): Promise<LatenessRow> {
+  const bus = await connectNatsBus({ servers: url });
+  const pulse = new Pulse({
+    clusterId: `bench${tempoBpm}s${String(spinMs).replace(".", "_")}`,
+    bus,
+    tempoBpm,
+    clock: new SystemClock({ spinMs }),
+  });
+  await pulse.start();
+  const wall0 = performance.now();
+  const cpu0 = cpuUsage();
+  await sleep(SECONDS * 1000);
+  const cpu = cpuUsage(cpu0);
+  const wall = performance.now() - wall0;
+  const m = pulse.metrics();
+  await pulse.stop();
+  await bus.close();
+  return row(
+    `pulse, ${tempoBpm} BPM, spin ${spinMs} ms`,
+    m.lateness,
+    (cpu.user + cpu.system) / 1000 / wall,
+  );
+}
+
+interface TakeoverRow {
+  kind: string;
+  takeoverMs: number;
+  maxBeatDelayMs: number;
+}
+
+async function takeovers(url: string): Promise<TakeoverRow[]> {
+  const cluster = "benchha";
+  const args = ["--cluster", cluster, "--nats", url, "--tempo", "120", "--log-level", "info"];
+  const { frames, bus } = await watchBeats(url, cluster);
+  const procs: PulseProc[] = [];
+  let next = 1;
+  const spawn = () => {
+    const p = spawnPulse(`b${next++}`, args);
+    procs.push(p);
+    return p;
+  };
+  const alive = () => procs.filter((p) => !p.lines.some((l) => l.rec.msg === "gone"));
+  const rows: TakeoverRow[] = [];
+  try {
+    for (let i = 0; i < 3; i++) spawn();
+    await Promise.all(procs.map((p) => p.url));
+    await waitFor(() => frames.length >= 4, 15_000, "first frames");
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const sig of ["SIGKILL", "SIGTERM"] as const) {
+        // Standbys must be ready (following a live leader) before the leader goes.
+        for (const p of alive()) {
+          await waitFor(() => p.lines.some((l) => l.rec.msg === "pulse running"), 15_000, "up");
+        }
+        await sleep(1500);
+        const old = currentLeader(frames);
+        const leader = procs.find((p) => p.id === old)!;
+        const from = frames.length;
+        const t0 = performance.now();
+        leader.signal(sig);
+        await waitFor(() => frames.slice(from).some((f) => f.from !== old), 10_000, "new leader");
+        await sleep(2500);
+        const h = measureHandover(frames, procs, old, t0, 500);
+        rows.push({ kind: sig, takeoverMs: h.takeoverMs, maxBeatDelayMs: h.maxBeatDelayMs });
+        console.error(
+          `${sig}: takeover ${h.takeoverMs.toFixed(0)} ms, worst beat ${
+            h.maxBeatDelayMs.toFixed(0)
+          } ms late`,
+        );
+        await leader.close();
+        leader.lines.push({ at: performance.now(), rec: { msg: "gone" } });
+        const p = spawn();
+        await p.url;
+      }
+    }
+  } finally {
+    await Promise.all(procs.map((p) => p.close()));
+    await bus.close();
+  }
+  return rows;
+}
+
+const server = await startNatsServer();
+try {
+  const version = new TextDecoder().decode(
+    (await new Deno.Command("nats-server", { args: ["--version"] }).output()).stdout,
+  ).trim();
+  console.error(`pulse bench: ${SECONDS} s per tempo, ${ROUNDS} takeover rounds`);
+  const rows: LatenessRow[] = [];
+  for (const [tempo, spin] of [[600, 1.5], [6000, 1.5], [600, 0]]) {
+    const r = await lateness(server.url, tempo, spin);
+    console.error(
+      `${r.label}: ${r.beats} beats, p50 ${us(r.p50)} µs, p99 ${us(r.p99)} µs, max ${
+        us(r.max)
+      } µs, CPU ${(100 * r.cpu).toFixed(1)} %`,
+    );
+    rows.push(r);
+  }
+  rows.push(await baseline(6000));
+  console.error(`${rows.at(-1)!.label}: p99 ${us(rows.at(-1)!.p99)} µs`);
+  const ho = await takeovers(server.url);
+  const stats = (kind: string) => {
+    const t = ho.filter((r) => r.kind === kind);
+    const ms = t.map((r) => r.takeoverMs);
+    const late = t.map((r) => r.maxBeatDelayMs);
+    return `| ${kind} | ${t.length} | ${Math.min(...ms).toFixed(0)} / ${
+      (ms.reduce((a, b) => a + b, 0) / ms.length).toFixed(0)
+    } / ${Math.max(...ms).toFixed(0)} | ${Math.max(...late).toFixed(0)} |`;
+  };
+  console.log(
+    [
+      `Deno ${Deno.version.deno}, ${version}, ${navigator.hardwareConcurrency} CPUs, ${Deno.build.os}, ` +
+      `load average ${Deno.loadavg().map((l) => l.toFixed(2)).join(" ")} at the end.`,
+      "",
+      "| Run | On-time beats | Lateness p50 | p99 | max | ≤ 0.1 ms | CPU (process) |",
+      "|---|---|---|---|---|---|---|",
+      ...rows.map((r) =>
+        `| ${r.label} | ${r.beats} | ${us(r.p50)} µs | ${us(r.p99)} µs | ${us(r.max)} µs | ${
+          (100 * r.within100us).toFixed(1)
+        } % | ${(100 * r.cpu).toFixed(1)} % |`
+      ),
+      "",
+      "| Handover at 120 BPM | Rounds | Takeover min / mean / max (ms) | Worst beat delay (ms) |",
+      "|---|---|---|---|",
+      stats("SIGKILL"),
+      stats("SIGTERM"),
+    ].join("\n"),
+  );
+} finally {
+  await server.stop();
+}

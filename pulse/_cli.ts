@@ -1,0 +1,254 @@
+import { type Bus, connectNatsBus, InMemoryBus } from "../sdk/_bus.ts";
+import {
+  type EnvVars,
+  type FlagSpec,
+  type HostPort,
+  parseFlags,
+  parseHostPort,
+  parseNumber,
+} from "../sdk/_cli_util.ts";
+import { JsonLogger, type Logger, type LogLevel, parseLogLevel } from "../sdk/_log.ts";
+import type { Phase } from "../sdk/_messages.ts";
+import { assertClusterId } from "../sdk/_subjects.ts";
+import { DEFAULT_BEATS_PER_BAR, DEFAULT_TEMPO_BPM, parsePhases } from "../sdk/_timeline.ts";
+import { DEFAULT_PULSE_HTTP_HOSTNAME, DEFAULT_PULSE_HTTP_PORT, servePulseHttp } from "./_http.ts";
+import { MAX_PULSE_TEMPO_BPM, Pulse, type TempoChange } from "./_pulse.ts";
+
+/** Default cluster id of the pulse command. */
+export const DEFAULT_PULSE_CLUSTER = "chorus-dev";
+
+const FLAGS: readonly FlagSpec[] = [
+  { name: "cluster", env: "BACKBEAT_CLUSTER" },
+  { name: "nats", env: "BACKBEAT_NATS_URL" },
+  { name: "tempo", env: "BACKBEAT_TEMPO" },
+  { name: "beats-per-bar", env: "BACKBEAT_BEATS_PER_BAR" },
+  { name: "phases", env: "BACKBEAT_PHASES" },
+  { name: "id", env: "BACKBEAT_PULSE_ID" },
+  { name: "http", env: "BACKBEAT_PULSE_HTTP" },
+  { name: "admin-token", env: "BACKBEAT_ADMIN_TOKEN" },
+  { name: "log-level", env: "BACKBEAT_LOG_LEVEL" },
+  { name: "help", type: "boolean", short: "h" },
+];
+
+/** Environment variables the pulse command reads. */
+export const PULSE_ENV_VARS: readonly string[] = FLAGS.flatMap((f) => f.env ? [f.env] : []);
+
+/** The pulse command's `--help` text. */
+export const PULSE_USAGE: string = `backbeat pulse: the cluster's beat service
+
+Usage: deno run -A pulse/main.ts [flags]
+
+Flags (environment variable in brackets):
+  --cluster ID          cluster id, one NATS token [BACKBEAT_CLUSTER] (default ${DEFAULT_PULSE_CLUSTER})
+  --nats URL            NATS server(s), comma-separated [BACKBEAT_NATS_URL]
+                        (absent: embedded in-memory bus, single pulse)
+  --tempo BPM           tempo of a new timeline, 0.1 to ${MAX_PULSE_TEMPO_BPM} [BACKBEAT_TEMPO] (default ${DEFAULT_TEMPO_BPM})
+  --beats-per-bar N     beats in a bar, 1 to 64 [BACKBEAT_BEATS_PER_BAR] (default ${DEFAULT_BEATS_PER_BAR})
+  --phases LIST         phase of each bar position, e.g. plan,execute,execute,review [BACKBEAT_PHASES]
+  --id ID               pulse id, unique in the cluster [BACKBEAT_PULSE_ID] (default random)
+  --http HOST:PORT      HTTP listen address, port 0 = any [BACKBEAT_PULSE_HTTP]
+                        (default ${DEFAULT_PULSE_HTTP_HOSTNAME}:${DEFAULT_PULSE_HTTP_PORT})
+  --admin-token TOKEN   bearer token required by POST /tempo [BACKBEAT_ADMIN_TOKEN]
+  --log-level LEVEL     debug, info, warn or error [BACKBEAT_LOG_LEVEL] (default info)
+  -h, --help            show this help
+
+HTTP: GET /healthz, GET /readyz, GET /metrics, POST /tempo {"tempo_bpm": n}.
+Logs: one JSON object per line on stderr. SIGINT/SIGTERM: hand over and exit 0.
+`;
+
+/** Settings of a pulse process, from flags and environment. */
+export interface PulseConfig {
+  /** Cluster id. */
+  readonly clusterId: string;
+  /** NATS server URLs; empty for the embedded in-memory bus. */
+  readonly natsServers: readonly string[];
+  /** Tempo of a new timeline. */
+  readonly tempoBpm: number;
+  /** Beats in a bar. */
+  readonly beatsPerBar: number;
+  /** Phase map, if given. */
+  readonly phases?: readonly Phase[];
+  /** Pulse id, if given. */
+  readonly id?: string;
+  /** HTTP listen address. */
+  readonly http: HostPort;
+  /** Admin token for `POST /tempo`, if any. */
+  readonly adminToken?: string;
+  /** Log level. */
+  readonly logLevel: LogLevel;
+}
+
+/** What the command line asks for. */
+export type PulseCommand =
+  | { readonly help: true }
+  | { readonly help: false; readonly config: PulseConfig };
+
+/**
+ * Parses the pulse command line; flags win over `BACKBEAT_*` environment variables.
+ *
+ * @param args Command-line arguments.
+ * @param env Environment variables (see {@linkcode PULSE_ENV_VARS}). @default {{}}
+ * @returns Help, or the configuration to run.
+ * @throws {TypeError} On an unknown flag, missing value, bad cluster id, phase map or address.
+ * @throws {RangeError} On a number out of range.
+ *
+ * @example Parse flags
+ * ```ts
+ * import { parsePulseArgs } from "@chorus/backbeat/pulse";
+ * const cmd = parsePulseArgs(["--cluster", "prod", "--tempo", "120"], { BACKBEAT_LOG_LEVEL: "debug" });
+ * if (!cmd.help) console.log(cmd.config.tempoBpm, cmd.config.logLevel); // 120 "debug"
+ * ```
+ */
+export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): PulseCommand {
+  const { values, sources, positionals } = parseFlags(args, FLAGS, env);
+  if (values.help) return { help: true };
+  if (positionals.length > 0) {
+    throw new TypeError(`Unexpected argument ${JSON.stringify(positionals[0])}`);
+  }
+  const str = (name: string): string | undefined => values[name] as string | undefined;
+  const clusterId = str("cluster") ?? DEFAULT_PULSE_CLUSTER;
+  assertClusterId(clusterId);
+  const natsServers = (str("nats") ?? "").split(",").map((s) => s.trim()).filter((s) => s);
+  for (const url of natsServers) {
+    if (!/^(nats|tls|ws|wss):\/\/[^\s]+$|^[^\s:/]+:\d+$/.test(url)) {
+      throw new TypeError(
+        `Invalid ${sources.nats} ${JSON.stringify(url)}: expected nats://host:port`,
+      );
+    }
+  }
+  const tempoText = str("tempo");
+  const tempoBpm = tempoText === undefined
+    ? DEFAULT_TEMPO_BPM
+    : parseNumber(tempoText, sources.tempo, { min: 0.1, max: MAX_PULSE_TEMPO_BPM });
+  const bpbText = str("beats-per-bar");
+  const beatsPerBar = bpbText === undefined
+    ? DEFAULT_BEATS_PER_BAR
+    : parseNumber(bpbText, sources["beats-per-bar"], { min: 1, max: 64, integer: true });
+  const phasesText = str("phases");
+  let phases: Phase[] | undefined;
+  if (phasesText !== undefined) {
+    phases = parsePhases(phasesText);
+    if (phases.length !== beatsPerBar) {
+      if (bpbText !== undefined) {
+        throw new TypeError(
+          `Invalid ${sources.phases}: ${phases.length} phases for ${beatsPerBar} beats per bar`,
+        );
+      }
+    }
+  }
+  const id = str("id");
+  if (id !== undefined && !/^[\x21-\x7e]{1,128}$/.test(id)) {
+    throw new TypeError(
+      `Invalid ${sources.id} ${JSON.stringify(id)}: 1 to 128 printable characters`,
+    );
+  }
+  const httpText = str("http");
+  const http = httpText === undefined
+    ? { hostname: DEFAULT_PULSE_HTTP_HOSTNAME, port: DEFAULT_PULSE_HTTP_PORT }
+    : parseHostPort(httpText, sources.http);
+  const adminToken = str("admin-token");
+  if (adminToken !== undefined && !/^\S{1,1024}$/.test(adminToken)) {
+    throw new TypeError(
+      `Invalid ${sources["admin-token"]}: expected 1 to 1024 non-space characters`,
+    );
+  }
+  const levelText = str("log-level");
+  const logLevel = levelText === undefined ? "info" : parseLogLevel(levelText);
+  return {
+    help: false,
+    config: {
+      clusterId,
+      natsServers,
+      tempoBpm,
+      // A phase list alone sets the bar length.
+      beatsPerBar: phases && bpbText === undefined ? phases.length : beatsPerBar,
+      phases,
+      id,
+      http,
+      adminToken,
+      logLevel,
+    },
+  };
+}
+
+/** Options of {@linkcode runPulse}. */
+export interface RunPulseOptions {
+  /** Stops the pulse (hand over, close) when aborted. */
+  signal: AbortSignal;
+  /** Logger. @default {a JsonLogger on stderr at the configured level} */
+  logger?: Logger;
+}
+
+/**
+ * Runs a pulse process: connects the bus, starts the pulse and its HTTP server, and on abort
+ * hands over (releasing the lease), shuts down and closes everything.
+ *
+ * @param config The configuration (from {@linkcode parsePulseArgs}).
+ * @param options The stop signal and logger.
+ * @returns The exit code: 0 after a clean stop, 1 when startup failed.
+ *
+ * @example Run until aborted
+ * ```ts ignore
+ * import { parsePulseArgs, runPulse } from "@chorus/backbeat/pulse";
+ * const cmd = parsePulseArgs(["--http", "127.0.0.1:0"]);
+ * const ac = new AbortController();
+ * setTimeout(() => ac.abort(), 1000);
+ * if (!cmd.help) console.log(await runPulse(cmd.config, { signal: ac.signal })); // 0
+ * ```
+ */
+export async function runPulse(config: PulseConfig, options: RunPulseOptions): Promise<number> {
+  const logger = options.logger ??
+    new JsonLogger({ level: config.logLevel, fields: { service: "pulse" } });
+  let bus: Bus;
+  try {
+    bus = config.natsServers.length > 0
+      ? await connectNatsBus({
+        servers: [...config.natsServers],
+        name: `backbeat-pulse${config.id ? `-${config.id}` : ""}`,
+      })
+      : new InMemoryBus();
+  } catch (error) {
+    logger.error("cannot connect to NATS", { error, servers: config.natsServers });
+    return 1;
+  }
+  const pulse = new Pulse({
+    clusterId: config.clusterId,
+    bus,
+    tempoBpm: config.tempoBpm,
+    beatsPerBar: config.beatsPerBar,
+    phases: config.phases,
+    id: config.id,
+    logger,
+  });
+  pulse.addEventListener("tempo", (e) => {
+    const c = (e as CustomEvent<TempoChange>).detail;
+    logger.info("tempo", { tempo_bpm: c.tempoBpm, effective_beat: c.effectiveBeat });
+  });
+  let http;
+  try {
+    await pulse.start(options.signal);
+    http = servePulseHttp(pulse, { ...config.http, adminToken: config.adminToken, logger });
+  } catch (error) {
+    logger.error("cannot start", { error });
+    await pulse.stop();
+    await bus.close();
+    return 1;
+  }
+  logger.info("pulse running", {
+    pulse_id: pulse.id,
+    cluster_id: pulse.clusterId,
+    role: pulse.role,
+    transport: config.natsServers.length > 0 ? "nats" : "embedded",
+    http: http.url,
+  });
+  if (!options.signal.aborted) {
+    await new Promise<void>((resolve) => {
+      options.signal.addEventListener("abort", () => resolve(), { once: true });
+    });
+  }
+  await pulse.stop();
+  await http.shutdown();
+  await bus.close();
+  logger.info("pulse stopped", { pulse_id: pulse.id });
+  return 0;
+}

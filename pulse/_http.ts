@@ -1,0 +1,235 @@
+import { BackbeatError } from "../sdk/_errors.ts";
+import { type Logger, silentLogger } from "../sdk/_log.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../sdk/_metrics.ts";
+import { renderPulseMetrics } from "./_metrics.ts";
+import { parseTempoRequest, type Pulse } from "./_pulse.ts";
+
+/** Default for {@linkcode PulseHttpOptions.hostname}. */
+export const DEFAULT_PULSE_HTTP_HOSTNAME = "127.0.0.1";
+/** Default for {@linkcode PulseHttpOptions.port}. */
+export const DEFAULT_PULSE_HTTP_PORT = 8080;
+/** Largest `POST /tempo` body accepted, in bytes. */
+export const MAX_TEMPO_BODY_BYTES = 4096;
+
+/** Options of {@linkcode pulseHttpHandler}. */
+export interface PulseHttpHandlerOptions {
+  /** When set, `POST /tempo` requires `Authorization: Bearer <token>`. @default {undefined} */
+  adminToken?: string;
+  /** Logger for tempo requests. @default {silentLogger} */
+  logger?: Logger;
+}
+
+/** Options of {@linkcode servePulseHttp}. */
+export interface PulseHttpOptions extends PulseHttpHandlerOptions {
+  /** Interface to listen on. @default {"127.0.0.1"} */
+  hostname?: string;
+  /** Port; 0 picks a free one (see {@linkcode PulseHttpServer.addr}). @default {8080} */
+  port?: number;
+}
+
+/** A running HTTP server of a pulse. */
+export interface PulseHttpServer {
+  /** The bound address. */
+  readonly addr: Deno.NetAddr;
+  /** `http://host:port`. */
+  readonly url: string;
+  /** Resolves when the server has shut down. */
+  readonly finished: Promise<void>;
+  /** Stops accepting requests and closes the server. Idempotent. */
+  shutdown(): Promise<void>;
+  /** `await using` support. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+function json(status: number, body: unknown, headers?: HeadersInit): Response {
+  return new Response(JSON.stringify(body) + "\n", {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}
+
+function sameToken(given: string, expected: string): boolean {
+  const a = new TextEncoder().encode(given);
+  const b = new TextEncoder().encode(expected);
+  // Constant time in the secret's length: compare every byte whatever the first mismatch.
+  let diff = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) diff |= (a[i] ?? 0) ^ b[i];
+  return diff === 0;
+}
+
+async function readBody(req: Request, max: number): Promise<string | undefined> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (declared > max) {
+    await req.body?.cancel();
+    return undefined;
+  }
+  if (!req.body) return "";
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > max) {
+      await reader.cancel();
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    all.set(c, off);
+    off += c.byteLength;
+  }
+  return new TextDecoder().decode(all);
+}
+
+/**
+ * The pulse's HTTP API as a fetch handler: `GET /healthz`, `GET /readyz` (200 when leading or
+ * following a live leader, else 503), `GET /metrics` (Prometheus text) and `POST /tempo`
+ * (`{"tempo_bpm": n}` → 200 `{tempo_bpm, effective_beat, forwarded}`; 400 on a malformed or
+ * out-of-range request; 401 without the admin token when one is set; 503 when not running).
+ *
+ * @param pulse The pulse to serve.
+ * @param options Admin token, logger.
+ * @returns The handler.
+ *
+ * @example Ask for health without a server
+ * ```ts
+ * import { Pulse, pulseHttpHandler } from "@chorus/backbeat/pulse";
+ * const pulse = new Pulse({ clusterId: "dev" });
+ * const handle = pulseHttpHandler(pulse);
+ * const res = await handle(new Request("http://pulse/healthz"));
+ * console.log(res.status, await res.json());
+ * await pulse.stop();
+ * ```
+ */
+export function pulseHttpHandler(
+  pulse: Pulse,
+  options: PulseHttpHandlerOptions = {},
+): (req: Request) => Promise<Response> {
+  const logger = options.logger ?? silentLogger;
+  const token = options.adminToken;
+  return async (req) => {
+    const path = new URL(req.url).pathname;
+    const get = req.method === "GET" || req.method === "HEAD";
+    if (path === "/healthz" || path === "/readyz" || path === "/metrics") {
+      if (!get) return json(405, { error: `${req.method} is not allowed` }, { allow: "GET" });
+      const s = pulse.status();
+      if (path === "/healthz") {
+        return json(200, {
+          status: "ok",
+          pulse_id: s.id,
+          cluster_id: s.clusterId,
+          role: s.role,
+          tempo_bpm: s.tempoBpm,
+          last_beat_index: s.lastBeatIndex,
+        });
+      }
+      if (path === "/readyz") {
+        return json(s.ready ? 200 : 503, {
+          ready: s.ready,
+          role: s.role,
+          last_beat_index: s.lastBeatIndex,
+        });
+      }
+      return new Response(renderPulseMetrics(pulse.metrics()), {
+        headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
+      });
+    }
+    if (path !== "/tempo") {
+      await req.body?.cancel();
+      return json(404, { error: `No route for ${req.method} ${path}` });
+    }
+    if (req.method !== "POST") {
+      return json(405, { error: `${req.method} is not allowed on /tempo` }, { allow: "POST" });
+    }
+    if (token !== undefined) {
+      const auth = req.headers.get("authorization") ?? "";
+      const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+      if (!m || !sameToken(m[1], token)) {
+        await req.body?.cancel();
+        return json(401, { error: "A valid bearer token is required" }, {
+          "www-authenticate": 'Bearer realm="backbeat-pulse"',
+        });
+      }
+    }
+    const text = await readBody(req, MAX_TEMPO_BODY_BYTES);
+    if (text === undefined) {
+      return json(413, { error: `Request body exceeds ${MAX_TEMPO_BODY_BYTES} bytes` });
+    }
+    let tempo: number;
+    try {
+      let body: unknown;
+      try {
+        body = JSON.parse(text);
+      } catch (error) {
+        throw new TypeError(`Invalid tempo request: not JSON (${(error as Error).message})`);
+      }
+      tempo = parseTempoRequest(body);
+    } catch (error) {
+      return json(400, { error: (error as Error).message });
+    }
+    try {
+      const change = pulse.setTempo(tempo);
+      logger.info("tempo change requested over HTTP", {
+        tempo_bpm: change.tempoBpm,
+        effective_beat: change.effectiveBeat,
+        forwarded: change.forwarded,
+      });
+      return json(200, {
+        tempo_bpm: change.tempoBpm,
+        effective_beat: change.effectiveBeat,
+        forwarded: change.forwarded,
+      });
+    } catch (error) {
+      if (error instanceof BackbeatError) return json(503, { error: error.message });
+      return json(400, { error: (error as Error).message });
+    }
+  };
+}
+
+/**
+ * Serves {@linkcode pulseHttpHandler} with `Deno.serve`.
+ *
+ * @param pulse The pulse to serve.
+ * @param options Address, admin token, logger.
+ * @returns The running server.
+ * @throws {Deno.errors.AddrInUse} When the port is taken.
+ *
+ * @example Serve on a free port
+ * ```ts
+ * import { Pulse, servePulseHttp } from "@chorus/backbeat/pulse";
+ * const pulse = new Pulse({ clusterId: "dev" });
+ * await pulse.start();
+ * await using http = servePulseHttp(pulse, { port: 0 });
+ * const res = await fetch(`${http.url}/readyz`);
+ * console.log(res.status); // 200
+ * await res.body?.cancel();
+ * await pulse.stop();
+ * ```
+ */
+export function servePulseHttp(pulse: Pulse, options: PulseHttpOptions = {}): PulseHttpServer {
+  const server = Deno.serve({
+    hostname: options.hostname ?? DEFAULT_PULSE_HTTP_HOSTNAME,
+    port: options.port ?? DEFAULT_PULSE_HTTP_PORT,
+    onListen() {},
+  }, pulseHttpHandler(pulse, options));
+  const addr = server.addr as Deno.NetAddr;
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  let closing: Promise<void> | undefined;
+  return {
+    addr,
+    url: `http://${host}:${addr.port}`,
+    finished: server.finished,
+    shutdown() {
+      closing ??= server.shutdown();
+      return closing;
+    },
+    [Symbol.asyncDispose]() {
+      return this.shutdown();
+    },
+  };
+}

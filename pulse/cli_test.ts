@@ -1,0 +1,113 @@
+import assert from "node:assert/strict";
+import { parsePulseArgs, type PulseConfig, runPulse } from "./mod.ts";
+
+function config(args: string[], env: Record<string, string> = {}): PulseConfig {
+  const cmd = parsePulseArgs(args, env);
+  assert.equal(cmd.help, false);
+  return (cmd as { config: PulseConfig }).config;
+}
+
+Deno.test("parsePulseArgs() reads flags, falls back to BACKBEAT_* variables, flags win", () => {
+  const c = config(
+    [
+      "--cluster=prod",
+      "--tempo",
+      "120",
+      "--beats-per-bar",
+      "3",
+      "--phases",
+      "plan,execute,review",
+      "--id",
+      "p1",
+      "--http",
+      "0.0.0.0:9000",
+    ],
+    {
+      BACKBEAT_CLUSTER: "ignored",
+      BACKBEAT_NATS_URL: "nats://a:4222, nats://b:4222",
+      BACKBEAT_ADMIN_TOKEN: "tok",
+      BACKBEAT_LOG_LEVEL: "DEBUG",
+    },
+  );
+  assert.deepEqual(c, {
+    clusterId: "prod",
+    natsServers: ["nats://a:4222", "nats://b:4222"],
+    tempoBpm: 120,
+    beatsPerBar: 3,
+    phases: ["plan", "execute", "review"],
+    id: "p1",
+    http: { hostname: "0.0.0.0", port: 9000 },
+    adminToken: "tok",
+    logLevel: "debug",
+  });
+});
+
+Deno.test("parsePulseArgs() has working defaults and --help", () => {
+  const c = config([]);
+  assert.equal(c.clusterId, "chorus-dev");
+  assert.deepEqual(c.natsServers, []);
+  assert.equal(c.tempoBpm, 2);
+  assert.equal(c.beatsPerBar, 4);
+  assert.deepEqual(c.http, { hostname: "127.0.0.1", port: 8080 });
+  assert.equal(c.logLevel, "info");
+  assert.deepEqual(parsePulseArgs(["--help"]), { help: true });
+  assert.deepEqual(parsePulseArgs(["-h", "--tempo", "nope"]), { help: true });
+  // A phase list alone sets the bar length.
+  assert.equal(config(["--phases", "plan,review"]).beatsPerBar, 2);
+  assert.equal(config(["--http", ":0"]).http.port, 0);
+  assert.deepEqual(config(["--http", "[::1]:80"]).http, { hostname: "::1", port: 80 });
+});
+
+Deno.test("parsePulseArgs() rejects bad input with messages naming the flag or variable", () => {
+  const cases: [string[], Record<string, string>, RegExp][] = [
+    [["--bogus"], {}, /Unknown flag --bogus/],
+    [["--tempo"], {}, /Missing value for --tempo/],
+    [["--tempo", "0.01"], {}, /Invalid --tempo "0.01": expected a number from 0.1 to 6000/],
+    [[], { BACKBEAT_TEMPO: "fast" }, /Invalid BACKBEAT_TEMPO "fast"/],
+    [["--beats-per-bar", "2.5"], {}, /expected an integer from 1 to 64/],
+    [["--phases", "plan,nap"], {}, /Invalid phase "nap"/],
+    [["--beats-per-bar", "4", "--phases", "plan,review"], {}, /2 phases for 4 beats per bar/],
+    [["--cluster", "a.b"], {}, /Invalid cluster id "a.b"/],
+    [["--http", "localhost"], {}, /Invalid --http "localhost": expected host:port/],
+    [["--http", "h:70000"], {}, /Invalid --http/],
+    [["--log-level", "loud"], {}, /Invalid log level "loud"/],
+    [["--nats", "not a url"], {}, /Invalid --nats/],
+    [["stray"], {}, /Unexpected argument "stray"/],
+  ];
+  for (const [args, env, message] of cases) {
+    assert.throws(() => parsePulseArgs(args, env), message, args.join(" "));
+  }
+});
+
+Deno.test("runPulse() serves HTTP on an embedded bus and exits 0 when aborted", async () => {
+  const lines: Record<string, unknown>[] = [];
+  const logger = {
+    debug() {},
+    info(msg: string, fields?: Record<string, unknown>) {
+      lines.push({ msg, ...fields });
+    },
+    warn() {},
+    error(msg: string, fields?: Record<string, unknown>) {
+      lines.push({ msg, ...fields });
+    },
+  };
+  const ac = new AbortController();
+  const run = runPulse(config(["--http", "127.0.0.1:0", "--tempo", "600"]), {
+    signal: ac.signal,
+    logger,
+  });
+  let url: string | undefined;
+  for (let i = 0; i < 200 && !url; i++) {
+    url = lines.find((l) => l.msg === "pulse running")?.http as string | undefined;
+    if (!url) await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.ok(url, JSON.stringify(lines));
+  const res = await fetch(`${url}/readyz`);
+  assert.equal(res.status, 200);
+  assert.equal((await res.json()).role, "leader");
+  ac.abort();
+  assert.equal(await run, 0);
+  assert.ok(lines.some((l) => l.msg === "pulse stopped"));
+  // The listener is gone.
+  await assert.rejects(fetch(`${url}/healthz`));
+});

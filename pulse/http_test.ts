@@ -1,0 +1,142 @@
+import assert from "node:assert/strict";
+import { InMemoryBus } from "../sdk/_bus.ts";
+import { ManualClock } from "../sdk/_clock.ts";
+import { Pulse, servePulseHttp } from "./mod.ts";
+
+function setup(adminToken?: string) {
+  const clock = new ManualClock(1_700_000_000_000);
+  const bus = new InMemoryBus();
+  const pulse = new Pulse({ clusterId: "c1", bus, clock, tempoBpm: 120 });
+  const http = servePulseHttp(pulse, { hostname: "127.0.0.1", port: 0, adminToken });
+  return {
+    clock,
+    pulse,
+    http,
+    async done() {
+      await pulse.stop();
+      await http.shutdown();
+      await bus.close();
+    },
+  };
+}
+
+async function call(url: string, init?: RequestInit) {
+  const res = await fetch(url, init);
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, text };
+}
+
+function post(url: string, body: string, token?: string) {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  return call(url, { method: "POST", body, headers });
+}
+
+Deno.test("GET /healthz and /readyz report the role; a pulse not running is not ready", async () => {
+  const t = setup();
+  try {
+    assert.equal(t.http.addr.port > 0, true);
+    let r = await call(`${t.http.url}/healthz`);
+    assert.equal(r.status, 200);
+    assert.equal(JSON.parse(r.text).status, "ok");
+    r = await call(`${t.http.url}/readyz`);
+    assert.equal(r.status, 503);
+    assert.deepEqual(JSON.parse(r.text), { ready: false, role: "stopped", last_beat_index: -1 });
+    await t.pulse.start();
+    r = await call(`${t.http.url}/readyz`);
+    assert.equal(r.status, 200);
+    assert.equal(JSON.parse(r.text).role, "leader");
+    r = await call(`${t.http.url}/healthz`);
+    assert.equal(JSON.parse(r.text).role, "leader");
+    r = await call(`${t.http.url}/nope`);
+    assert.equal(r.status, 404);
+    r = await call(`${t.http.url}/healthz`, { method: "DELETE" });
+    assert.equal(r.status, 405);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("GET /metrics serves the Prometheus text format with the pulse's counters", async () => {
+  const t = setup();
+  try {
+    await t.pulse.start();
+    await t.clock.advance(10 + 3 * 500);
+    await t.pulse.settled();
+    const r = await call(`${t.http.url}/metrics`);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    const lines = r.text.split("\n");
+    const value = (name: string) => {
+      const line = lines.find((l) => l.startsWith(name + " "));
+      assert.ok(line, `${name} missing`);
+      return Number(line.slice(name.length + 1));
+    };
+    assert.equal(value("backbeat_pulse_beats_published_total"), 4);
+    assert.equal(value("backbeat_pulse_leader"), 1);
+    assert.equal(value("backbeat_pulse_takeovers_total"), 1);
+    assert.equal(value("backbeat_pulse_tempo_bpm"), 120);
+    assert.equal(value('backbeat_pulse_publish_lateness_seconds_bucket{le="+Inf"}'), 4);
+    assert.equal(value('backbeat_pulse_publish_lateness_seconds_bucket{le="0.000001"}'), 4);
+    assert.equal(value("backbeat_pulse_publish_lateness_seconds_count"), 4);
+    assert.ok(lines.includes("# TYPE backbeat_pulse_publish_lateness_seconds histogram"));
+    assert.ok(lines.includes("# TYPE backbeat_pulse_beats_published_total counter"));
+    // Every sample line is `name{labels} value`.
+    for (const l of lines.filter((l) => l && !l.startsWith("#"))) {
+      assert.match(l, /^[a-z_]+(\{le="[^"]+"\})? -?[0-9.e+-]+$/);
+    }
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("POST /tempo needs the bearer token, rejects bad requests with 400, applies good ones", async () => {
+  const t = setup("s3cret");
+  try {
+    await t.pulse.start();
+    const url = `${t.http.url}/tempo`;
+    let r = await post(url, '{"tempo_bpm":60}');
+    assert.equal(r.status, 401);
+    assert.equal(r.headers.get("www-authenticate"), 'Bearer realm="backbeat-pulse"');
+    r = await post(url, '{"tempo_bpm":60}', "wrong");
+    assert.equal(r.status, 401);
+    const bad: [string, RegExp][] = [
+      ["{nope", /not JSON/],
+      ["[]", /expected a JSON object/],
+      ["{}", /tempo_bpm field is required/],
+      ['{"tempo_bpm":"60"}', /tempo_bpm must be a number from 0\.1 to 6000/],
+      ['{"tempo_bpm":0.01}', /tempo_bpm must be a number from 0\.1 to 6000/],
+      ['{"tempo_bpm":6001}', /tempo_bpm must be a number from 0\.1 to 6000/],
+    ];
+    for (const [body, message] of bad) {
+      r = await post(url, body, "s3cret");
+      assert.equal(r.status, 400, body);
+      assert.match(JSON.parse(r.text).error, message);
+    }
+    r = await post(url, "x".repeat(5000), "s3cret");
+    assert.equal(r.status, 413);
+    assert.equal(t.pulse.timeline.segments.length, 1);
+    r = await call(url, { headers: { authorization: "Bearer s3cret" } });
+    assert.equal(r.status, 405);
+    r = await post(url, '{"tempo_bpm":60}', "s3cret");
+    assert.equal(r.status, 200);
+    assert.deepEqual(JSON.parse(r.text), { tempo_bpm: 60, effective_beat: 4, forwarded: false });
+    assert.equal(t.pulse.timeline.tempoAt(4), 60);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("POST /tempo without an admin token configured is open; a stopped pulse answers 503", async () => {
+  const t = setup();
+  try {
+    const url = `${t.http.url}/tempo`;
+    let r = await post(url, '{"tempo_bpm":30}');
+    assert.equal(r.status, 503);
+    await t.pulse.start();
+    r = await post(url, '{"tempo_bpm":30}');
+    assert.equal(r.status, 200);
+  } finally {
+    await t.done();
+  }
+});

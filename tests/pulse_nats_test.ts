@@ -1,0 +1,206 @@
+// Pulse processes on a real nats-server: leader election, takeover after SIGKILL, handover on
+// SIGTERM, a SIGSTOPped leader that must notice it was deposed, tempo changes over NATS.
+import assert from "node:assert/strict";
+import { validateMessage } from "../schemas/mod.ts";
+import { windowId } from "../sdk/_window_id.ts";
+import {
+  currentLeader,
+  measureHandover,
+  type PulseProc,
+  type SeenFrame,
+  spawnPulse,
+  waitFor,
+  watchBeats,
+} from "./_pulse_procs.ts";
+import { startNatsServer } from "./_nats_server.ts";
+
+const CLUSTER = "hatest";
+const PERIOD = 500; // 120 BPM
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// beat_index must go up by exactly one from frame to frame (ignoring the given stale frames).
+function assertContinuous(frames: readonly SeenFrame[], ignore = new Set<SeenFrame>()): void {
+  const idx = frames.filter((f) => !ignore.has(f)).map((f) => f.frame.beat_index);
+  for (let i = 1; i < idx.length; i++) {
+    assert.equal(idx[i], idx[i - 1] + 1, `beat_index jumps from ${idx[i - 1]} to ${idx[i]}`);
+  }
+}
+
+Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leader, tempo", async (t) => {
+  await using server = await startNatsServer();
+  const { frames, bus } = await watchBeats(server.url, CLUSTER);
+  const args = ["--cluster", CLUSTER, "--nats", server.url, "--tempo", "120"];
+  const procs: PulseProc[] = ["p1", "p2", "p3"].map((id) => spawnPulse(id, args));
+  const proc = (id: string) => procs.find((p) => p.id === id)!;
+  const alive = new Set(procs.map((p) => p.id));
+  try {
+    await t.step("one leader publishes valid frames; the others follow", async () => {
+      await Promise.all(procs.map((p) => p.url));
+      await waitFor(() => frames.length >= 6, 15_000, "six frames");
+      const leaders = new Set(frames.map((f) => f.from));
+      assert.equal(leaders.size, 1, `frames from ${[...leaders]}`);
+      assertContinuous(frames);
+      const phases = ["plan", "execute", "execute", "review"];
+      const phaseEnd = [1, 2, 1, 1]; // beats from each bar position to the end of its phase
+      // Beat 0's due time: every frame is sent at its due time plus a little lateness.
+      const origin = Math.min(...frames.map((f) => f.sent - f.frame.beat_index * PERIOD));
+      for (const { frame } of frames) {
+        assert.equal(validateMessage(frame).valid, true);
+        const pos = frame.beat_index % 4;
+        assert.equal(frame.downbeat, pos === 0);
+        assert.equal(frame.phase, phases[pos]);
+        assert.equal(frame.window_id, await windowId(CLUSTER, frame.beat_index - pos));
+        const deadline = Date.parse(frame.deadline_at); // whole milliseconds, rounded up
+        const expected = origin + (frame.beat_index + phaseEnd[pos]) * PERIOD;
+        assert.ok(Math.abs(deadline - expected) < 2, `deadline ${deadline} vs ${expected}`);
+      }
+      const followers = procs.filter((p) => p.id !== currentLeader(frames));
+      for (const p of followers) {
+        const health = await (await fetch(`${await p.url}/readyz`)).json();
+        assert.deepEqual([health.ready, health.role], [true, "follower"]);
+      }
+    });
+
+    let sigkill = 0;
+    await t.step(
+      "SIGKILL: another pulse takes over within 2 beats, beat_index continuous",
+      async () => {
+        const old = currentLeader(frames);
+        const from = frames.length;
+        const t0 = performance.now();
+        proc(old).signal("SIGKILL");
+        await waitFor(() => frames.slice(from).some((f) => f.from !== old), 5000, "a new leader");
+        await sleep(3 * PERIOD);
+        const h = measureHandover(frames, procs, old, t0, PERIOD);
+        sigkill = h.takeoverMs;
+        assert.ok(h.takeoverMs <= 2 * PERIOD, `takeover took ${h.takeoverMs.toFixed(0)} ms`);
+        assert.ok(
+          h.maxBeatDelayMs <= 2 * PERIOD,
+          `a beat was ${h.maxBeatDelayMs.toFixed(0)} ms late`,
+        );
+        assertContinuous(frames.slice(Math.max(0, from - 3)));
+        const tokens = frames.slice(from - 1).map((f) => f.token);
+        assert.ok(tokens.at(-1)! > tokens[0], "the new tenure has a higher fencing token");
+        assert.equal((await proc(old).close()).signal, "SIGKILL");
+        alive.delete(old);
+      },
+    );
+
+    await t.step("SIGTERM: the leader hands over faster and exits 0", async () => {
+      const old = currentLeader(frames);
+      const from = frames.length;
+      const t0 = performance.now();
+      proc(old).signal("SIGTERM");
+      const status = await proc(old).close();
+      alive.delete(old);
+      assert.equal(status.code, 0);
+      await waitFor(() => frames.slice(from).some((f) => f.from !== old), 5000, "a new leader");
+      await sleep(2 * PERIOD);
+      const h = measureHandover(frames, procs, old, t0, PERIOD);
+      assert.ok(
+        h.takeoverMs < sigkill,
+        `SIGTERM handover ${h.takeoverMs.toFixed(0)} ms, SIGKILL ${sigkill.toFixed(0)} ms`,
+      );
+      assert.ok(h.maxBeatDelayMs <= PERIOD, `a beat was ${h.maxBeatDelayMs.toFixed(0)} ms late`);
+      assertContinuous(frames.slice(Math.max(0, from - 3)));
+      assert.ok(proc(old).lines.some((l) => l.rec.msg === "stopped; lease released"));
+    });
+
+    await t.step(
+      "SIGSTOP: the resumed leader knows it lost the lease and stays quiet",
+      async () => {
+        const p4 = spawnPulse("p4", args);
+        procs.push(p4);
+        alive.add(p4.id);
+        await p4.url;
+        const old = currentLeader(frames);
+        const from = frames.length;
+        proc(old).signal("SIGSTOP");
+        await waitFor(() => frames.slice(from).some((f) => f.from !== old), 5000, "a new leader");
+        await sleep(1000); // paused well beyond the lease TTL
+        const resumed = performance.now();
+        proc(old).signal("SIGCONT");
+        await sleep(4 * PERIOD);
+        // Anything the old leader sent after resuming came within one beat and never ran ahead.
+        const stale = new Set(frames.slice(from).filter((f) => f.from === old && f.at >= resumed));
+        let newest = -1;
+        for (const f of frames.slice(from)) {
+          if (stale.has(f)) {
+            assert.ok(f.frame.beat_index <= newest, `stale beat ${f.frame.beat_index} > ${newest}`);
+            assert.ok(f.at - resumed <= PERIOD, "the deposed leader kept publishing");
+          } else {
+            newest = Math.max(newest, f.frame.beat_index);
+          }
+        }
+        assertContinuous(frames.slice(Math.max(0, from - 3)), stale);
+        const lost = proc(old).lines.find((l) =>
+          l.at >= resumed && l.rec.msg === "leadership lost"
+        );
+        assert.ok(lost, "the resumed pulse logs that it lost leadership");
+        assert.ok(
+          lost.at - resumed <= PERIOD,
+          `noticed after ${(lost.at - resumed).toFixed(0)} ms`,
+        );
+        const health = await (await fetch(`${await proc(old).url}/healthz`)).json();
+        assert.equal(health.role, "follower");
+      },
+    );
+
+    await t.step(
+      "tempo changes on the control subject and via a follower land on a downbeat",
+      async () => {
+        const leader = currentLeader(frames);
+        const follower = procs.find((p) => alive.has(p.id) && p.id !== leader)!;
+        const enc = new TextEncoder();
+        bus.publish(`backbeat.${CLUSTER}.control`, enc.encode("garbage"));
+        bus.publish(`backbeat.${CLUSTER}.control`, enc.encode('{"tempo_bpm":99999}'));
+        bus.publish(`backbeat.${CLUSTER}.control`, enc.encode('{"tempo_bpm":240}'));
+        await bus.flush();
+        const from = frames.length;
+        await waitFor(
+          () => frames.slice(from).filter((f) => f.frame.tempo_bpm === 240).length >= 5,
+          15_000,
+          "five frames at 240 BPM",
+        );
+        const seen = frames.slice(from);
+        const first = seen.findIndex((f) => f.frame.tempo_bpm === 240);
+        assert.ok(first >= 1, "announced before it lands");
+        assert.equal(seen[first].frame.downbeat, true);
+        assert.equal(seen[first - 1].frame.next_tempo_bpm, 240);
+        // Scheduled 250 ms apart (lateness on a busy machine aside).
+        const at240 = seen.slice(first, first + 5);
+        for (const [k, f] of at240.entries()) {
+          const off = f.sent - at240[0].sent - k * 250;
+          assert.ok(off > -10 && off < 100, `beat ${k} at 240 BPM off schedule by ${off} ms`);
+        }
+        assertContinuous(frames.slice(Math.max(0, from - 3)));
+        const metrics = await (await fetch(`${await proc(leader).url}/metrics`)).text();
+        assert.match(metrics, /^backbeat_pulse_control_rejected_total 2$/m);
+
+        const res = await fetch(`${await follower.url}/tempo`, {
+          method: "POST",
+          body: '{"tempo_bpm":120}',
+        });
+        const body = await res.json();
+        assert.equal(res.status, 200);
+        assert.equal(body.forwarded, true);
+        const back = frames.length;
+        await waitFor(
+          () => frames.slice(back).some((f) => f.frame.tempo_bpm === 120),
+          15_000,
+          "back to 120 BPM",
+        );
+        const firstSlow = frames.slice(back).find((f) => f.frame.tempo_bpm === 120)!;
+        assert.equal(firstSlow.frame.downbeat, true);
+        // The follower's estimate; one bar later if the request crossed a bar line on its way.
+        assert.ok(
+          [body.effective_beat, body.effective_beat + 4].includes(firstSlow.frame.beat_index),
+          `landed on ${firstSlow.frame.beat_index}, estimated ${body.effective_beat}`,
+        );
+      },
+    );
+  } finally {
+    await Promise.all(procs.map((p) => p.close()));
+    await bus.close();
+  }
+});
