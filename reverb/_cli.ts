@@ -1,0 +1,250 @@
+// The reverb command: flags and BACKBEAT_* variables into a configuration (a pure, tested
+// function), then the run loop that main.ts calls.
+
+import { connectNatsBus, type NatsBusLike } from "../sdk/_bus.ts";
+import {
+  type EnvVars,
+  type HostPort,
+  parseFlags,
+  parseHostPort,
+  parseNumber,
+} from "../sdk/_cli_util.ts";
+import { JsonLogger, type LogLevel, parseLogLevel } from "../sdk/_log.ts";
+import { assertClusterId } from "../sdk/_subjects.ts";
+import { DEFAULT_MAX_CLAIM_BYTES } from "./_intake.ts";
+import { DEFAULT_MAX_CLAIM_AGE_BEATS, Reverb } from "./_reverb.ts";
+
+/** Default of `--cluster`. */
+export const DEFAULT_REVERB_CLUSTER = "chorus-dev";
+/** Default of `--http`. */
+export const DEFAULT_REVERB_HTTP = "127.0.0.1:8081";
+
+/** What the reverb command was asked to do. */
+export interface ReverbCliConfig {
+  /** `--cluster` / `BACKBEAT_CLUSTER`. */
+  clusterId: string;
+  /** `--nats` / `BACKBEAT_NATS_URL` (comma-separated); empty runs on the embedded bus. */
+  natsServers: readonly string[];
+  /** `--http` / `BACKBEAT_REVERB_HTTP`; `undefined` when `off`. */
+  http: HostPort | undefined;
+  /** `--keyring` / `BACKBEAT_KEYRING`. */
+  keyring: string | undefined;
+  /** `--require-signatures` / `BACKBEAT_REQUIRE_SIGNATURES`. */
+  requireSignatures: boolean;
+  /** `--grace-ms` / `BACKBEAT_GRACE_MS`; `undefined` for a quarter beat. */
+  graceMs: number | undefined;
+  /** `--max-claim-bytes` / `BACKBEAT_MAX_CLAIM_BYTES`. */
+  maxClaimBytes: number;
+  /** `--max-claim-age-beats` / `BACKBEAT_MAX_CLAIM_AGE_BEATS`. */
+  maxClaimAgeBeats: number;
+  /** `--id` / `BACKBEAT_REVERB_ID`. */
+  id: string | undefined;
+  /** `--log-level` / `BACKBEAT_LOG_LEVEL`. */
+  logLevel: LogLevel;
+}
+
+/** The outcome of {@linkcode parseReverbArgs}: help was asked for, or a configuration. */
+export type ReverbCliParse =
+  | { readonly help: true }
+  | { readonly help: false; readonly config: ReverbCliConfig };
+
+/** `reverb --help`. */
+export const REVERB_USAGE: string = `reverb: verified status aggregation for BACKBEAT
+
+Usage: deno task reverb [flags]
+
+Flags (each falls back to the BACKBEAT_* variable shown):
+  --cluster ID            cluster to aggregate            BACKBEAT_CLUSTER   (default ${DEFAULT_REVERB_CLUSTER})
+  --nats URL[,URL]        NATS server(s); without it       BACKBEAT_NATS_URL
+                          reverb runs on the embedded bus
+  --http HOST:PORT|off    HTTP API and dashboard           BACKBEAT_REVERB_HTTP (default ${DEFAULT_REVERB_HTTP})
+  --keyring FILE          JSON keyring, reloaded on change BACKBEAT_KEYRING
+                          and on SIGHUP
+  --require-signatures    reject unsigned claims           BACKBEAT_REQUIRE_SIGNATURES
+  --grace-ms MS           wait after a window's end        BACKBEAT_GRACE_MS  (default: a quarter beat, <= 2000)
+  --max-claim-bytes N     largest claim accepted           BACKBEAT_MAX_CLAIM_BYTES (default ${DEFAULT_MAX_CLAIM_BYTES})
+  --max-claim-age-beats N claims older than N beats are    BACKBEAT_MAX_CLAIM_AGE_BEATS (default ${DEFAULT_MAX_CLAIM_AGE_BEATS})
+                          rejected as stale
+  --id ID                 this instance's id (HA holder)   BACKBEAT_REVERB_ID (default: random)
+  --log-level LEVEL       debug, info, warn, error         BACKBEAT_LOG_LEVEL (default info)
+  -h, --help              show this help
+
+Logs are JSON lines on stderr. SIGINT/SIGTERM stop reverb (handing the active role over);
+SIGHUP reloads the keyring.
+`;
+
+const SPECS = [
+  { name: "cluster", env: "BACKBEAT_CLUSTER" },
+  { name: "nats", env: "BACKBEAT_NATS_URL" },
+  { name: "http", env: "BACKBEAT_REVERB_HTTP" },
+  { name: "keyring", env: "BACKBEAT_KEYRING" },
+  { name: "require-signatures", type: "boolean", env: "BACKBEAT_REQUIRE_SIGNATURES" },
+  { name: "grace-ms", env: "BACKBEAT_GRACE_MS" },
+  { name: "max-claim-bytes", env: "BACKBEAT_MAX_CLAIM_BYTES" },
+  { name: "max-claim-age-beats", env: "BACKBEAT_MAX_CLAIM_AGE_BEATS" },
+  { name: "id", env: "BACKBEAT_REVERB_ID" },
+  { name: "log-level", env: "BACKBEAT_LOG_LEVEL" },
+  { name: "help", type: "boolean", short: "h" },
+] as const;
+
+/**
+ * Parses reverb's flags, falling back to `BACKBEAT_*` environment variables.
+ *
+ * @param args Command-line arguments.
+ * @param env Environment variables.
+ * @returns Help requested, or the configuration.
+ * @throws {TypeError} On an unknown flag, a missing value, a bad cluster id, URL or address.
+ * @throws {RangeError} On a number out of range.
+ *
+ * @example Parse flags with an environment fallback
+ * ```ts
+ * import { parseReverbArgs } from "@chorus/backbeat/reverb";
+ * const r = parseReverbArgs(["--cluster", "prod", "--grace-ms=250"], {
+ *   BACKBEAT_NATS_URL: "nats://n:4222",
+ * });
+ * if (!r.help) console.log(r.config.clusterId, r.config.graceMs, r.config.natsServers); // prod 250 ["nats://n:4222"]
+ * ```
+ */
+export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): ReverbCliParse {
+  const { values, sources, positionals } = parseFlags(args, SPECS, env);
+  if (values.help) return { help: true };
+  if (positionals.length > 0) {
+    throw new TypeError(`Unexpected argument ${JSON.stringify(positionals[0])}`);
+  }
+  const str = (name: string): string | undefined => values[name] as string | undefined;
+  const src = (name: string): string => sources[name] ?? `--${name}`;
+  const clusterId = str("cluster") ?? DEFAULT_REVERB_CLUSTER;
+  assertClusterId(clusterId);
+  const natsServers = (str("nats") ?? "").split(",").map((s) => s.trim()).filter((s) => s);
+  for (const url of natsServers) {
+    if (!/^(nats|tls|ws|wss):\/\/[^\s]+$|^[^\s:/]+:\d+$/.test(url)) {
+      throw new TypeError(
+        `Invalid ${src("nats")} ${JSON.stringify(url)}: expected a URL like nats://host:4222`,
+      );
+    }
+  }
+  const httpText = str("http") ?? DEFAULT_REVERB_HTTP;
+  const http = httpText === "off" ? undefined : parseHostPort(httpText, src("http"));
+  const keyring = str("keyring");
+  if (keyring !== undefined && keyring.trim() === "") {
+    throw new TypeError(`Invalid ${src("keyring")}: expected a file path`);
+  }
+  const grace = str("grace-ms");
+  const bytes = str("max-claim-bytes");
+  const age = str("max-claim-age-beats");
+  const id = str("id");
+  if (id !== undefined && !/^[\w.:-]{1,128}$/.test(id)) {
+    throw new TypeError(
+      `Invalid ${src("id")} ${JSON.stringify(id)}: expected 1 to 128 of letters, digits, _ . : -`,
+    );
+  }
+  const level = str("log-level");
+  return {
+    help: false,
+    config: {
+      clusterId,
+      natsServers,
+      http,
+      keyring,
+      requireSignatures: values["require-signatures"] === true,
+      graceMs: grace === undefined
+        ? undefined
+        : parseNumber(grace, src("grace-ms"), { min: 0, max: 600_000 }),
+      maxClaimBytes: bytes === undefined
+        ? DEFAULT_MAX_CLAIM_BYTES
+        : parseNumber(bytes, src("max-claim-bytes"), { min: 64, max: 1_048_576, integer: true }),
+      maxClaimAgeBeats: age === undefined
+        ? DEFAULT_MAX_CLAIM_AGE_BEATS
+        : parseNumber(age, src("max-claim-age-beats"), { min: 1, max: 1_000_000 }),
+      id,
+      logLevel: level === undefined ? "info" : parseLogLevel(level),
+    },
+  };
+}
+
+/** Where {@linkcode runReverbCli} writes and how it waits for a stop request. */
+export interface ReverbCliIo {
+  /** Writes text to standard output. */
+  stdout: (text: string) => void;
+  /** Writes one log line (no newline) to standard error. */
+  stderr: (line: string) => void;
+  /** Resolves when the process is asked to stop (SIGINT/SIGTERM). */
+  stopRequested: Promise<unknown>;
+}
+
+/**
+ * Runs the reverb command until a stop is requested.
+ *
+ * @param args Command-line arguments.
+ * @param env Environment variables.
+ * @param io Output and the stop signal.
+ * @returns The exit code: 0 after a clean stop or `--help`, 2 on bad flags, 1 when reverb
+ * cannot start.
+ *
+ * @example Print the help
+ * ```ts
+ * import { runReverbCli } from "@chorus/backbeat/reverb";
+ * const code = await runReverbCli(["--help"], {}, {
+ *   stdout: (t) => console.log(t),
+ *   stderr: () => {},
+ *   stopRequested: Promise.resolve(),
+ * });
+ * console.log(code); // 0
+ * ```
+ */
+export async function runReverbCli(
+  args: readonly string[],
+  env: EnvVars,
+  io: ReverbCliIo,
+): Promise<number> {
+  let parsed: ReverbCliParse;
+  try {
+    parsed = parseReverbArgs(args, env);
+  } catch (error) {
+    io.stderr(`error: ${(error as Error).message}\n\nRun with --help for usage.`);
+    return 2;
+  }
+  if (parsed.help) {
+    io.stdout(REVERB_USAGE);
+    return 0;
+  }
+  const c = parsed.config;
+  const logger = new JsonLogger({
+    level: c.logLevel,
+    write: io.stderr,
+    fields: { service: "reverb", cluster: c.clusterId },
+  });
+  let bus: NatsBusLike | undefined;
+  let reverb: Reverb | undefined;
+  try {
+    if (c.natsServers.length > 0) {
+      bus = await connectNatsBus({
+        servers: [...c.natsServers],
+        name: `reverb ${c.id ?? ""}`.trim(),
+      });
+    }
+    reverb = new Reverb({
+      clusterId: c.clusterId,
+      bus,
+      id: c.id,
+      keyring: c.keyring,
+      requireSignatures: c.requireSignatures,
+      graceMs: c.graceMs,
+      maxClaimBytes: c.maxClaimBytes,
+      maxClaimAgeBeats: c.maxClaimAgeBeats,
+      http: c.http,
+      logger,
+    });
+    await reverb.start();
+  } catch (error) {
+    logger.error("cannot start reverb", { error: (error as Error).message });
+    await reverb?.stop();
+    await bus?.close();
+    return 1;
+  }
+  await io.stopRequested;
+  logger.info("stop requested");
+  await reverb.stop();
+  await bus?.close();
+  return 0;
+}

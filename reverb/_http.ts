@@ -1,0 +1,258 @@
+// Reverb's HTTP face: health, readiness, Prometheus metrics, the JSON API, Server-Sent Events and
+// the dashboard (plain files under ./dashboard, read relative to this module so they ship with
+// the published package).
+
+import type { Logger } from "../sdk/_log.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../sdk/_metrics.ts";
+import type { Reverb } from "./_reverb.ts";
+
+/** Event streams served at once; more get 503. */
+export const MAX_SSE_CLIENTS = 256;
+/** Events queued for one slow event-stream client before it is dropped. */
+export const MAX_SSE_BACKLOG = 512;
+const KEEPALIVE_MS = 15_000;
+const DEFAULT_LIMIT = 100;
+const MAX_AGENT_LIMIT = 10_000;
+
+/** Options of {@linkcode startHttpServer}. */
+export interface HttpServerOptions {
+  /** Interface to listen on. */
+  hostname: string;
+  /** Port (0: any free port). */
+  port: number;
+  /** Where request failures are logged. */
+  logger: Logger;
+}
+
+/** A running HTTP server. */
+export interface HttpServerHandle {
+  /** The bound address. */
+  readonly addr: Deno.NetAddr;
+  /** Closes event streams and shuts the server down. Idempotent. */
+  close(): Promise<void>;
+}
+
+const ASSETS: Record<string, { file: string; type: string }> = {
+  "/": { file: "index.html", type: "text/html; charset=utf-8" },
+  "/index.html": { file: "index.html", type: "text/html; charset=utf-8" },
+  "/style.css": { file: "style.css", type: "text/css; charset=utf-8" },
+  "/app.js": { file: "app.js", type: "text/javascript; charset=utf-8" },
+};
+
+const SECURITY_HEADERS = {
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+};
+
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'";
+
+const assetCache = new Map<string, Promise<string>>();
+
+function loadAsset(file: string): Promise<string> {
+  let p = assetCache.get(file);
+  if (p === undefined) {
+    p = fetch(new URL(`./dashboard/${file}`, import.meta.url)).then(async (r) => {
+      if (!r.ok) {
+        await r.body?.cancel();
+        throw new Error(`dashboard file ${file}: HTTP ${r.status}`);
+      }
+      return await r.text();
+    });
+    // A failed load is retried on the next request.
+    p.catch(() => assetCache.delete(file));
+    assetCache.set(file, p);
+  }
+  return p;
+}
+
+function json(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: {
+      ...SECURITY_HEADERS,
+      "content-type": "application/json; charset=utf-8",
+      "cache-control": "no-store",
+    },
+  });
+}
+
+function limitOf(url: URL, max: number): number {
+  const raw = url.searchParams.get("limit");
+  if (raw === null) return Math.min(DEFAULT_LIMIT, max);
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`limit must be an integer >= 1`);
+  return Math.min(n, max);
+}
+
+interface SseClient {
+  controller: ReadableStreamDefaultController<Uint8Array>;
+  closed: boolean;
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * Serves reverb over HTTP: `GET /healthz`, `/readyz`, `/metrics`, `/api/v1/bars`,
+ * `/api/v1/agents`, `/api/v1/status`, `/events` (Server-Sent Events: `beat`, `status`, `report`)
+ * and the dashboard at `/`.
+ *
+ * @param reverb The reverb to serve.
+ * @param options Address and logger.
+ * @returns The running server.
+ */
+export function startHttpServer(reverb: Reverb, options: HttpServerOptions): HttpServerHandle {
+  const clients = new Set<SseClient>();
+  let closing: Promise<void> | undefined;
+
+  const drop = (c: SseClient) => {
+    if (c.closed) return;
+    c.closed = true;
+    clients.delete(c);
+    try {
+      c.controller.close();
+    } catch { /* already closed */ }
+  };
+  const broadcast = (event: string, data: unknown) => {
+    if (clients.size === 0) return;
+    const bytes = encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    for (const c of clients) {
+      // A client that stopped reading is dropped rather than buffered without bound.
+      if ((c.controller.desiredSize ?? 0) <= -MAX_SSE_BACKLOG) drop(c);
+      else c.controller.enqueue(bytes);
+    }
+  };
+  const onBeat = (e: Event) => broadcast("beat", (e as CustomEvent).detail);
+  const onReport = (e: Event) => broadcast("report", (e as CustomEvent).detail);
+  const onStatus = () => {
+    if (clients.size > 0) broadcast("status", reverb.status());
+  };
+  reverb.addEventListener("beat", onBeat);
+  reverb.addEventListener("report", onReport);
+  reverb.addEventListener("claims", onStatus);
+  reverb.addEventListener("role", onStatus);
+  const keepalive = setInterval(() => {
+    const ping = encoder.encode(": keepalive\n\n");
+    for (const c of clients) {
+      if ((c.controller.desiredSize ?? 0) <= -MAX_SSE_BACKLOG) drop(c);
+      else c.controller.enqueue(ping);
+    }
+  }, KEEPALIVE_MS);
+
+  const events = (): Response => {
+    if (closing) return json({ error: "shutting down" }, 503);
+    if (clients.size >= MAX_SSE_CLIENTS) {
+      return json({ error: `too many event streams (max ${MAX_SSE_CLIENTS})` }, 503);
+    }
+    let client: SseClient;
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        client = { controller, closed: false };
+        clients.add(client);
+        controller.enqueue(
+          encoder.encode(
+            `retry: 2000\nevent: status\ndata: ${JSON.stringify(reverb.status())}\n\n`,
+          ),
+        );
+      },
+      cancel() {
+        client.closed = true;
+        clients.delete(client);
+      },
+    }, new CountQueuingStrategy({ highWaterMark: 0 }));
+    return new Response(body, {
+      headers: {
+        ...SECURITY_HEADERS,
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-store",
+        "x-accel-buffering": "no",
+      },
+    });
+  };
+
+  const handler = async (req: Request): Promise<Response> => {
+    const url = new URL(req.url);
+    const path = url.pathname;
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return new Response(JSON.stringify({ error: `method ${req.method} not allowed` }), {
+        status: 405,
+        headers: { ...SECURITY_HEADERS, "content-type": "application/json", allow: "GET, HEAD" },
+      });
+    }
+    try {
+      switch (path) {
+        case "/healthz":
+          return json({ status: "ok", reverb_id: reverb.id });
+        case "/readyz": {
+          const r = reverb.readiness();
+          return json(r, r.ready ? 200 : 503);
+        }
+        case "/metrics":
+          return new Response(reverb.metricsText(), {
+            headers: { ...SECURITY_HEADERS, "content-type": PROMETHEUS_CONTENT_TYPE },
+          });
+        case "/api/v1/bars": {
+          const all = reverb.reports;
+          const limit = limitOf(url, all.length || 1);
+          const reports = all.slice(-limit).reverse();
+          return json({ cluster_id: reverb.clusterId, count: reports.length, reports });
+        }
+        case "/api/v1/agents": {
+          const agents = reverb.agents(limitOf(url, MAX_AGENT_LIMIT));
+          return json({
+            cluster_id: reverb.clusterId,
+            total: reverb.claimsSummary().agents_tracked,
+            count: agents.length,
+            agents,
+          });
+        }
+        case "/api/v1/status":
+          return json(reverb.status());
+        case "/events":
+          return events();
+      }
+      const asset = ASSETS[path];
+      if (asset) {
+        return new Response(await loadAsset(asset.file), {
+          headers: {
+            ...SECURITY_HEADERS,
+            "content-type": asset.type,
+            "cache-control": "no-cache",
+            "content-security-policy": CSP,
+          },
+        });
+      }
+      return json({ error: `no route for ${path}` }, 404);
+    } catch (error) {
+      if (error instanceof RangeError) return json({ error: error.message }, 400);
+      options.logger.error("http request failed", { path, error: (error as Error).message });
+      return json({ error: "internal error" }, 500);
+    }
+  };
+
+  const server = Deno.serve({
+    hostname: options.hostname,
+    port: options.port,
+    onListen: () => {},
+    onError: (error) => {
+      options.logger.error("http error", { error: (error as Error).message });
+      return json({ error: "internal error" }, 500);
+    },
+  }, handler);
+
+  return {
+    addr: server.addr,
+    close(): Promise<void> {
+      closing ??= (async () => {
+        clearInterval(keepalive);
+        reverb.removeEventListener("beat", onBeat);
+        reverb.removeEventListener("report", onReport);
+        reverb.removeEventListener("claims", onStatus);
+        reverb.removeEventListener("role", onStatus);
+        for (const c of [...clients]) drop(c);
+        await server.shutdown();
+      })();
+      return closing;
+    },
+  };
+}

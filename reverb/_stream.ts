@@ -1,0 +1,247 @@
+// The JetStream history of bar reports. Loaded by reverb through a dynamic import, only when it
+// runs on NATS, so the embedded path never pulls @nats-io/jetstream in. Works with
+// nats-server 2.9 (stream create/update, message dedupe by Nats-Msg-Id, ordered consumers).
+
+import {
+  DeliverPolicy,
+  DiscardPolicy,
+  jetstream,
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+} from "@nats-io/jetstream";
+import { headers as natsHeaders, type NatsConnection } from "@nats-io/nats-core";
+import { BackbeatError } from "../sdk/_errors.ts";
+import type { Logger } from "../sdk/_log.ts";
+
+/** Options of {@linkcode BarStream.open}. */
+export interface BarStreamOpenOptions {
+  /** The stream name. */
+  name: string;
+  /** The bar subject it captures. */
+  subject: string;
+  /** Oldest report kept, in ms. */
+  maxAgeMs: number;
+  /** Reports kept at most. */
+  maxMsgs: number;
+  /** Where failures are logged. */
+  logger: Logger;
+}
+
+/** Reports waiting to be stored again after a failed publish. */
+export const MAX_PENDING_REPORTS = 256;
+const RETRY_MS = 1_000;
+const NS_PER_MS = 1_000_000;
+
+interface Pending {
+  data: Uint8Array;
+  msgId: string;
+  headers: Readonly<Record<string, string>> | undefined;
+}
+
+/** The `BACKBEAT_<CLUSTER>_BARS` stream: appends reports (deduplicated) and replays them. */
+export class BarStream {
+  readonly name: string;
+  readonly #subject: string;
+  readonly #js: JetStreamClient;
+  readonly #jsm: JetStreamManager;
+  readonly #logger: Logger;
+  #pending: Pending[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #inflight = new Set<Promise<unknown>>();
+  #closed = false;
+  #stored = 0;
+  #failed = 0;
+
+  private constructor(
+    name: string,
+    subject: string,
+    js: JetStreamClient,
+    jsm: JetStreamManager,
+    logger: Logger,
+  ) {
+    this.name = name;
+    this.#subject = subject;
+    this.#js = js;
+    this.#jsm = jsm;
+    this.#logger = logger;
+  }
+
+  /**
+   * Creates the stream, or brings an existing one's limits in line.
+   *
+   * @param connection A nats.js `NatsConnection`.
+   * @param options Name, subject, limits.
+   * @returns The stream handle.
+   * @throws {BackbeatError} `connection` when JetStream is unavailable or refuses the stream.
+   */
+  static async open(connection: unknown, options: BarStreamOpenOptions): Promise<BarStream> {
+    const nc = connection as NatsConnection;
+    const config = {
+      name: options.name,
+      subjects: [options.subject],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      discard: DiscardPolicy.Old,
+      max_age: options.maxAgeMs * NS_PER_MS,
+      max_msgs: options.maxMsgs,
+      // Two reverbs may publish the same window around a takeover: the window id dedupes.
+      duplicate_window: Math.min(options.maxAgeMs, 10 * 60_000) * NS_PER_MS,
+      num_replicas: 1,
+    };
+    try {
+      const jsm = await jetstreamManager(nc, { timeout: 5_000 });
+      let info;
+      try {
+        info = await jsm.streams.info(options.name);
+      } catch {
+        info = undefined;
+      }
+      if (info === undefined) {
+        await jsm.streams.add(config);
+      } else {
+        const c = info.config;
+        if (
+          c.max_age !== config.max_age || c.max_msgs !== config.max_msgs ||
+          !c.subjects?.includes(options.subject)
+        ) {
+          await jsm.streams.update(options.name, {
+            subjects: [...new Set([...(c.subjects ?? []), options.subject])],
+            max_age: config.max_age,
+            max_msgs: config.max_msgs,
+            duplicate_window: config.duplicate_window,
+          });
+        }
+      }
+      return new BarStream(
+        options.name,
+        options.subject,
+        jetstream(nc, { timeout: 5_000 }),
+        jsm,
+        options.logger,
+      );
+    } catch (cause) {
+      throw new BackbeatError(
+        "connection",
+        `Cannot open JetStream stream ${options.name}: ${(cause as Error).message}`,
+        { cause },
+      );
+    }
+  }
+
+  /** Reports stored so far. */
+  get stored(): number {
+    return this.#stored;
+  }
+
+  /** Store attempts that failed (each is retried). */
+  get failed(): number {
+    return this.#failed;
+  }
+
+  /** Reports waiting for a retry. */
+  get pending(): number {
+    return this.#pending.length;
+  }
+
+  /**
+   * Publishes a report on the bar subject through JetStream (core subscribers receive it too)
+   * and keeps retrying, bounded, until the stream acknowledges it.
+   *
+   * @param data The report's JSON bytes.
+   * @param msgId The window id, for deduplication.
+   * @param headers Extra headers (e.g. `x-reverb-id`).
+   */
+  publish(data: Uint8Array, msgId: string, headers?: Readonly<Record<string, string>>): void {
+    this.#send({ data, msgId, headers });
+  }
+
+  #send(p: Pending): void {
+    if (this.#closed) return;
+    let hdrs;
+    if (p.headers) {
+      hdrs = natsHeaders();
+      for (const [k, v] of Object.entries(p.headers)) hdrs.set(k, v);
+    }
+    const attempt = this.#js
+      .publish(this.#subject, p.data, { msgID: p.msgId, timeout: 5_000, headers: hdrs })
+      .then(
+        () => {
+          this.#stored++;
+        },
+        (err: Error) => {
+          this.#failed++;
+          this.#logger.warn("cannot store bar report, will retry", {
+            stream: this.name,
+            window_id: p.msgId,
+            error: err.message,
+          });
+          if (this.#pending.length >= MAX_PENDING_REPORTS) this.#pending.shift();
+          this.#pending.push(p);
+          this.#arm();
+        },
+      )
+      .finally(() => this.#inflight.delete(attempt));
+    this.#inflight.add(attempt);
+  }
+
+  #arm(): void {
+    if (this.#closed || this.#timer !== undefined) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      const batch = this.#pending;
+      this.#pending = [];
+      for (const p of batch) this.#send(p);
+    }, RETRY_MS);
+  }
+
+  /**
+   * Reads the newest reports, oldest first.
+   *
+   * @param count How many at most.
+   * @returns Their payloads.
+   * @throws {BackbeatError} `connection` when the stream cannot be read.
+   */
+  async replay(count: number): Promise<Uint8Array[]> {
+    try {
+      const info = await this.#jsm.streams.info(this.name);
+      const last = info.state.last_seq;
+      if (info.state.messages === 0 || last === 0 || count <= 0) return [];
+      const start = Math.max(info.state.first_seq, last - count + 1);
+      const consumer = await this.#js.consumers.get(this.name, {
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: start,
+      });
+      const out: Uint8Array[] = [];
+      const messages = await consumer.fetch({ max_messages: last - start + 1, expires: 5_000 });
+      for await (const m of messages) {
+        out.push(m.data);
+        if (m.seq >= last) break;
+      }
+      await messages.close();
+      return out;
+    } catch (cause) {
+      throw new BackbeatError(
+        "connection",
+        `Cannot replay stream ${this.name}: ${(cause as Error).message}`,
+        { cause },
+      );
+    }
+  }
+
+  /** Waits for in-flight stores (bounded) and stops retrying. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.#inflight]),
+      new Promise((r) => timer = setTimeout(r, 2_000)),
+    ]);
+    clearTimeout(timer);
+    this.#closed = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+}

@@ -1,0 +1,337 @@
+import assert from "node:assert/strict";
+import { ManualClock } from "../sdk/_clock.ts";
+import { HybridLogicalClock } from "../sdk/_hlc.ts";
+import type { BarReport, BeatFrame, StatusClaim } from "../sdk/_messages.ts";
+import { generateSigningKeyPair } from "../sdk/_signing.ts";
+import { Timeline } from "../sdk/_timeline.ts";
+import { windowId } from "../sdk/_window_id.ts";
+import { MessageValidator } from "../schemas/_validator.ts";
+import { hlcAt, makeClaim } from "../tests/_reverb_helpers.ts";
+import { BarAggregator, type BarAggregatorOptions, type WindowInfo } from "./_aggregate.ts";
+import { Keyring } from "./_keyring.ts";
+
+const T0 = Date.parse("2030-01-01T00:00:00Z");
+const CLUSTER = "agg-test";
+const validator = new MessageValidator();
+
+interface Harness {
+  agg: BarAggregator;
+  clock: ManualClock;
+  timeline: Timeline;
+  reports: BarReport[];
+  infos: WindowInfo[];
+  /** Publishes beat `n`'s frame `late` ms after its due time. */
+  beat(n: number, late?: number): Promise<void>;
+  /** Moves the clock to an absolute instant. */
+  to(t: number): Promise<void>;
+  claim(fields: Partial<StatusClaim>): void;
+}
+
+function harness(
+  options: Partial<BarAggregatorOptions> = {},
+  timeline = new Timeline({ originTime: T0, tempoBpm: 60 }),
+): Harness {
+  const clock = new ManualClock(T0 - 500);
+  const hlc = new HybridLogicalClock({ clock: () => clock.now() });
+  const reports: BarReport[] = [];
+  const infos: WindowInfo[] = [];
+  const agg = new BarAggregator({
+    clusterId: CLUSTER,
+    clock,
+    graceMs: 200,
+    onReport: (r, i) => {
+      reports.push(r);
+      infos.push(i);
+    },
+    ...options,
+  });
+  let logical = 0;
+  const h: Harness = {
+    agg,
+    clock,
+    timeline,
+    reports,
+    infos,
+    async to(t: number) {
+      if (t > clock.now()) await clock.advance(t - clock.now());
+      await agg.settled();
+    },
+    async beat(n: number, late = 0.4) {
+      const frame = await h.timeline.frame(CLUSTER, n, hlc.now());
+      await h.to(h.timeline.dueAt(n) + late);
+      agg.observeBeat(frame, clock.now());
+    },
+    claim(fields: Partial<StatusClaim>) {
+      agg.acceptClaim(
+        makeClaim({ hlc: hlcAt(clock.now(), logical++), ...fields }),
+        clock.now(),
+        undefined,
+      );
+    },
+  };
+  return h;
+}
+
+function kinds(r: BarReport): string[] {
+  return r.issues.map((i) => `${i.kind}:${i.agent_id ?? "-"}`).sort();
+}
+
+Deno.test("BarAggregator reports a scripted bar: on time, late, helping then completed, failed, blocked, silent", async () => {
+  const h = harness();
+  // Bar 0 (beats 0-3): everyone reports, so everyone is known.
+  await h.beat(0);
+  for (const id of ["on-time", "late", "helper", "failer", "blocker", "quiet"]) {
+    h.claim({ agent_id: id, beat_index: 0, state: "planning" });
+  }
+  for (let n = 1; n < 4; n++) await h.beat(n);
+  // Bar 1 (beats 4-7), review deadline = due(8) = T0 + 8000.
+  await h.beat(4);
+  h.claim({ agent_id: "on-time", beat_index: 4, state: "executing" });
+  h.claim({ agent_id: "late", beat_index: 4, state: "executing" });
+  await h.beat(5);
+  h.claim({ agent_id: "helper", beat_index: 5, state: "helping" });
+  await h.beat(6);
+  h.claim({ agent_id: "failer", beat_index: 6, state: "failed", notes: "disk full" });
+  h.claim({ agent_id: "blocker", beat_index: 6, state: "blocked" });
+  await h.beat(7);
+  await h.to(T0 + 7_500);
+  h.claim({ agent_id: "on-time", beat_index: 7, state: "reviewing", progress: 1 });
+  h.claim({ agent_id: "helper", beat_index: 7, state: "completed", progress: 1 });
+  await h.beat(8); // the next bar's downbeat; bar 1 is still in grace until T0 + 8200
+  await h.to(T0 + 8_100);
+  h.claim({ agent_id: "late", beat_index: 7, state: "reviewing" });
+  await h.to(T0 + 8_199);
+  assert.equal(h.reports.length, 1, "bar 1 waits for its grace");
+  await h.to(T0 + 8_200);
+  assert.equal(h.reports.length, 2);
+
+  const [bar0, bar1] = h.reports;
+  assert.equal(bar0.from_beat, 0);
+  assert.equal(bar0.agents_reporting, 6);
+  assert.equal(bar1.window_id, await windowId(CLUSTER, 4));
+  assert.equal(bar1.from_beat, 4);
+  assert.equal(bar1.to_beat, 7);
+  assert.equal(bar1.agents_reporting, 5);
+  assert.equal(bar1.on_time_reviews, 2);
+  assert.equal(bar1.help_promises_fulfilled, 1);
+  assert.equal(bar1.secret_rotations_ok, true);
+  assert.equal(bar1.tempo_drift_ms, 0.4);
+  assert.deepEqual(kinds(bar1), [
+    "agent_blocked:blocker",
+    "agent_failed:failer",
+    "agent_silent:quiet",
+    "late_review:late",
+  ]);
+  assert.match(bar1.issues.find((i) => i.kind === "late_review")!.detail, /100 ms after/);
+  assert.match(bar1.issues.find((i) => i.kind === "agent_failed")!.detail, /disk full/);
+  assert.equal(h.infos[1].windowEnd, T0 + 8_000);
+  assert.equal(h.infos[1].closeAt, T0 + 8_200);
+  for (const r of h.reports) assert.equal(validator.validateMessage(r).valid, true);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator counts a claim for an already reported window in the window open at arrival", async () => {
+  const h = harness();
+  for (let n = 0; n <= 4; n++) await h.beat(n);
+  await h.to(T0 + 4_300); // bar 0 reported at 4200
+  h.claim({ agent_id: "slow", beat_index: 3, state: "reviewing" });
+  for (let n = 5; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 8_200);
+  const bar1 = h.reports[1];
+  assert.equal(bar1.from_beat, 4);
+  assert.equal(bar1.agents_reporting, 1);
+  assert.equal(bar1.on_time_reviews, 0);
+  assert.deepEqual(kinds(bar1), ["late_review:slow"]);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator keeps closing windows on the extrapolated schedule when beats stop", async () => {
+  const h = harness();
+  for (let n = 0; n <= 4; n++) await h.beat(n);
+  assert.equal(h.agg.isLeaderless(h.clock.now()), false);
+  await h.to(T0 + 16_200); // no frames after beat 4
+  assert.equal(h.agg.isLeaderless(h.clock.now()), true);
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [0, 4, 8, 12]);
+  const last = h.reports[3];
+  assert.equal(last.tempo_drift_ms, 0);
+  assert.equal(last.window_id, await windowId(CLUSTER, 12));
+  assert.match(last.issues[0].detail, /no beat frames observed/);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator reports silence once and evicts agents silent for evictAfterBars bars", async () => {
+  const evicted: string[] = [];
+  const h = harness({ evictAfterBars: 2, onEvict: (id) => evicted.push(id) });
+  await h.beat(0);
+  h.claim({ agent_id: "gone", state: "executing" });
+  h.claim({ agent_id: "done", state: "completed" });
+  for (let n = 1; n <= 16; n++) await h.beat(n);
+  await h.to(T0 + 16_200);
+  const silent = h.reports.map((r) => r.issues.filter((i) => i.kind === "agent_silent").length);
+  assert.deepEqual(
+    silent,
+    [0, 1, 0, 0],
+    "only the first silent bar, and not for a completed agent",
+  );
+  assert.deepEqual(evicted.sort(), ["done", "gone"]);
+  assert.equal(h.agg.agentCount, 0);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator caps issues and summarises what does not fit", async () => {
+  const h = harness({ maxIssues: 5 });
+  await h.beat(0);
+  for (let i = 0; i < 10; i++) h.claim({ agent_id: `f${i}`, state: "failed" });
+  h.claim({ agent_id: "b", state: "blocked" });
+  h.agg.rejectClaim("stale", "x", h.clock.now(), undefined);
+  h.agg.rejectClaim("stale", "y", h.clock.now(), undefined);
+  for (let n = 1; n <= 4; n++) await h.beat(n);
+  await h.to(T0 + 4_200);
+  const issues = h.reports[0].issues;
+  assert.equal(issues.length, 5);
+  assert.deepEqual(issues[0], {
+    kind: "claims_rejected",
+    detail: "2 claims rejected: stale (agents: x, y)",
+    count: 2,
+  });
+  assert.deepEqual(issues.map((i) => i.kind), [
+    "claims_rejected",
+    "agent_failed",
+    "agent_failed",
+    "agent_failed",
+    "agent_blocked",
+  ]);
+  assert.equal(issues[3].count, 8, "the summary entry counts the failed agents not listed");
+  assert.equal(validator.validateMessage(h.reports[0]).valid, true);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator flags a key that expires within the next window", async () => {
+  const { publicKey } = await generateSigningKeyPair();
+  const ring = await Keyring.fromJson({
+    a: [{ key_id: "soon", public_key: publicKey, not_after: new Date(T0 + 11_000).toISOString() }],
+    b: [{ key_id: "later", public_key: publicKey, not_after: new Date(T0 + 60_000).toISOString() }],
+  });
+  const h = harness();
+  await h.beat(0);
+  h.agg.acceptClaim(
+    makeClaim({ agent_id: "b", hlc: hlcAt(h.clock.now()) }),
+    h.clock.now(),
+    ring.get("b", "later"),
+  );
+  for (let n = 1; n <= 4; n++) await h.beat(n);
+  // Bar 1 ends at 8000; the next window ends at 12000, after "soon" expires at 11000.
+  h.agg.acceptClaim(
+    makeClaim({ agent_id: "a", beat_index: 4, hlc: hlcAt(h.clock.now()) }),
+    h.clock.now(),
+    ring.get("a", "soon"),
+  );
+  for (let n = 5; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 8_200);
+  assert.equal(h.reports[0].secret_rotations_ok, true);
+  assert.equal(h.reports[1].secret_rotations_ok, false);
+  assert.deepEqual(kinds(h.reports[1]), ["agent_silent:b", "key_rotation:a"]);
+  assert.match(
+    h.reports[1].issues.find((i) => i.kind === "key_rotation")!.detail,
+    /key soon expires at .* within the next window/,
+  );
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator marks rotations not ok when an expired key was presented", async () => {
+  const { publicKey } = await generateSigningKeyPair();
+  const ring = await Keyring.fromJson({
+    a: [{ key_id: "old", public_key: publicKey, not_after: new Date(T0 - 1).toISOString() }],
+  });
+  const h = harness();
+  await h.beat(0);
+  h.agg.rejectClaim("key_not_valid", "a", h.clock.now(), ring.get("a", "old"));
+  for (let n = 1; n <= 4; n++) await h.beat(n);
+  await h.to(T0 + 4_200);
+  assert.equal(h.reports[0].secret_rotations_ok, false);
+  assert.deepEqual(kinds(h.reports[0]), ["claims_rejected:-", "key_rotation:a"]);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator measures drift against the announced schedule, signed", async () => {
+  const h = harness();
+  for (let n = 0; n < 4; n++) await h.beat(n, 150); // 150 ms behind: more than 10% of a beat
+  await h.beat(4, -20); // 20 ms early (clock skew)
+  for (let n = 5; n < 8; n++) await h.beat(n, -20);
+  await h.beat(8);
+  await h.to(T0 + 8_200);
+  assert.equal(h.reports[0].tempo_drift_ms, 150);
+  assert.deepEqual(kinds(h.reports[0]), ["tempo_drift:-"]);
+  assert.match(h.reports[0].issues[0].detail, /150 ms behind/);
+  assert.equal(h.reports[1].tempo_drift_ms, -20);
+  assert.deepEqual(h.reports[1].issues, []);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator follows a tempo change announced for the next downbeat", async () => {
+  const h = harness();
+  for (let n = 0; n <= 2; n++) await h.beat(n);
+  h.timeline = h.timeline.withTempo(120, 2); // lands on beat 4 at T0 + 4000
+  for (let n = 3; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 6_200);
+  // Bar 1 (beats 4-7) at 500 ms beats ends at 6000.
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [0, 4]);
+  assert.equal(h.infos[1].windowEnd, T0 + 6_000);
+  assert.equal(h.reports[1].tempo_drift_ms, 0.4);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator ignores frames at or below the highest beat seen (a deposed pulse)", async () => {
+  const h = harness();
+  await h.beat(0);
+  await h.beat(1);
+  const stale = await h.timeline.frame(CLUSTER, 1, "0000:0000:0000");
+  assert.equal(h.agg.observeBeat(stale, h.clock.now()), undefined);
+  const other: BeatFrame = { ...stale, cluster_id: "other", beat_index: 2 };
+  assert.equal(h.agg.observeBeat(other, h.clock.now()), undefined);
+  assert.equal(h.agg.staleFrames, 1);
+  assert.equal(h.agg.lastBeat?.beat_index, 1);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator reports nothing before the first downbeat it sees", async () => {
+  const h = harness();
+  await h.beat(2); // joined mid-bar
+  h.claim({ agent_id: "a", beat_index: 2 });
+  await h.beat(3);
+  await h.beat(4);
+  h.claim({ agent_id: "a", beat_index: 4 });
+  for (let n = 5; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 8_200);
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [4]);
+  assert.equal(h.reports[0].agents_reporting, 1);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator bounds agents: the oldest record is dropped beyond maxAgents", async () => {
+  const evicted: string[] = [];
+  const h = harness({ maxAgents: 3, onEvict: (id) => evicted.push(id) });
+  await h.beat(0);
+  for (const id of ["a", "b", "c", "d"]) h.claim({ agent_id: id });
+  assert.equal(h.agg.agentCount, 3);
+  assert.deepEqual(evicted, ["a"]);
+  assert.deepEqual(h.agg.agents().map((a) => a.agent_id), ["b", "c", "d"]);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator follows a restarted timeline after two bars of lower beat indexes", async () => {
+  const h = harness();
+  for (let n = 100; n <= 104; n++) await h.beat(n);
+  // The cluster starts over at beat 0, 200 ms later than the old schedule would put it.
+  h.timeline = new Timeline({ originTime: h.timeline.dueAt(105) + 200, tempoBpm: 60 });
+  for (let n = 0; n < 7; n++) await h.beat(n);
+  assert.equal(h.agg.lastBeat?.beat_index, 104, "a few low frames are a deposed pulse: ignored");
+  await h.beat(7);
+  assert.equal(h.agg.timelineRestarts, 1);
+  assert.equal(h.agg.lastBeat?.beat_index, 7);
+  for (let n = 8; n <= 12; n++) await h.beat(n);
+  await h.to(h.timeline.dueAt(12) + 200);
+  // The old schedule keeps closing windows until the restart is recognised.
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [100, 104, 108, 8]);
+  h.agg.stop();
+});

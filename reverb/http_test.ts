@@ -1,0 +1,163 @@
+import assert from "node:assert/strict";
+import { InMemoryBus } from "../sdk/_bus.ts";
+import { HybridLogicalClock } from "../sdk/_hlc.ts";
+import { Timeline } from "../sdk/_timeline.ts";
+import { makeClaim, until } from "../tests/_reverb_helpers.ts";
+import { Reverb } from "./_reverb.ts";
+
+const encoder = new TextEncoder();
+
+// Drives a live reverb at 600 BPM (100 ms beats) on the embedded bus with real timers.
+async function live(): Promise<{ reverb: Reverb; base: string; stop(): Promise<void> }> {
+  const bus = new InMemoryBus();
+  const reverb = new Reverb({
+    clusterId: "web",
+    bus,
+    graceMs: 30,
+    summaryIntervalMs: 50,
+    http: { hostname: "127.0.0.1", port: 0 },
+  });
+  await reverb.start();
+  const timeline = new Timeline({ originTime: Date.now() + 20, tempoBpm: 600 });
+  const hlc = new HybridLogicalClock();
+  let beat = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const tick = async () => {
+    const frame = await timeline.frame("web", beat, hlc.now());
+    bus.publish("backbeat.web.beat", encoder.encode(JSON.stringify(frame)));
+    bus.publish(
+      "backbeat.web.status",
+      encoder.encode(
+        JSON.stringify(makeClaim({ agent_id: "w1", beat_index: beat, hlc: hlc.now() })),
+      ),
+    );
+    beat++;
+    timer = setTimeout(tick, Math.max(0, timeline.dueAt(beat) - Date.now()));
+  };
+  timer = setTimeout(tick, Math.max(0, timeline.dueAt(0) - Date.now()));
+  return {
+    reverb,
+    base: `http://127.0.0.1:${reverb.httpAddr!.port}`,
+    async stop() {
+      clearTimeout(timer);
+      await reverb.stop();
+      await bus.close();
+    },
+  };
+}
+
+Deno.test("reverb HTTP serves health, readiness, metrics and the JSON API", async () => {
+  const w = await live();
+  try {
+    await until(() => w.reverb.reports.length >= 1, "a first report");
+    const health = await fetch(`${w.base}/healthz`);
+    assert.equal(health.status, 200);
+    assert.equal((await health.json()).status, "ok");
+    const ready = await fetch(`${w.base}/readyz`);
+    assert.deepEqual(await ready.json(), { ready: true, reasons: [] });
+    const metrics = await fetch(`${w.base}/metrics`);
+    assert.match(metrics.headers.get("content-type")!, /^text\/plain; version=0\.0\.4/);
+    const text = await metrics.text();
+    for (
+      const name of [
+        "backbeat_reverb_claims_accepted_total",
+        'backbeat_reverb_claims_rejected_total{reason="bad_signature"}',
+        "backbeat_reverb_verify_seconds_count",
+        "backbeat_reverb_reports_published_total",
+        "backbeat_reverb_agents_tracked",
+      ]
+    ) assert.ok(text.includes(name), name);
+    const bars = await (await fetch(`${w.base}/api/v1/bars?limit=1`)).json();
+    assert.equal(bars.count, 1);
+    assert.equal(bars.reports[0].window_id, w.reverb.reports.at(-1)!.window_id, "newest first");
+    const agents = await (await fetch(`${w.base}/api/v1/agents`)).json();
+    assert.equal(agents.total, 1);
+    assert.equal(agents.agents[0].agent_id, "w1");
+    const status = await (await fetch(`${w.base}/api/v1/status`)).json();
+    assert.equal(status.cluster_id, "web");
+    assert.equal(status.tempo_bpm, 600);
+    const bad = await fetch(`${w.base}/api/v1/bars?limit=zero`);
+    assert.equal(bad.status, 400);
+    await bad.body?.cancel();
+    const missing = await fetch(`${w.base}/nope`);
+    assert.equal(missing.status, 404);
+    await missing.body?.cancel();
+    const post = await fetch(`${w.base}/api/v1/bars`, { method: "POST", body: "{}" });
+    assert.equal(post.status, 405);
+    await post.body?.cancel();
+  } finally {
+    await w.stop();
+  }
+});
+
+Deno.test("reverb HTTP serves the dashboard files with a strict content security policy", async () => {
+  const w = await live();
+  try {
+    const page = await fetch(`${w.base}/`);
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get("content-security-policy")!, /script-src 'self'/);
+    const html = await page.text();
+    assert.match(html, /<script type="module" src="app.js"><\/script>/);
+    for (const [path, type] of [["/style.css", "text/css"], ["/app.js", "text/javascript"]]) {
+      const r = await fetch(`${w.base}${path}`);
+      assert.equal(r.status, 200);
+      assert.ok(r.headers.get("content-type")!.startsWith(type));
+      assert.ok((await r.text()).length > 1000);
+    }
+  } finally {
+    await w.stop();
+  }
+});
+
+Deno.test("reverb /events streams beats, status and reports, and ends when reverb stops", async () => {
+  const w = await live();
+  let reader: ReadableStreamDefaultReader<string> | undefined;
+  try {
+    const res = await fetch(`${w.base}/events`);
+    assert.equal(res.headers.get("content-type"), "text/event-stream; charset=utf-8");
+    reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    const seen = new Set<string>();
+    let buffer = "";
+    let beats: number[] = [];
+    while (!(seen.has("beat") && seen.has("status") && seen.has("report"))) {
+      const { value, done } = await reader.read();
+      assert.equal(done, false);
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const event = /^event: (\w+)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (!event || !data) continue;
+        seen.add(event);
+        if (event === "beat") beats.push(JSON.parse(data).beat_index);
+        if (event === "report") assert.equal(JSON.parse(data).type, "backbeat.barreport.v1");
+      }
+    }
+    beats = beats.slice(-3);
+    assert.ok(beats.every((b, i) => i === 0 || b === beats[i - 1] + 1), "beats arrive in order");
+    await w.stop();
+    // Stopping ends the stream: the reader sees the end instead of hanging.
+    for (;;) {
+      const { done } = await reader.read();
+      if (done) break;
+    }
+  } finally {
+    await reader?.cancel().catch(() => {});
+    await w.stop();
+  }
+});
+
+Deno.test("reverb readiness turns false while stopping and the HTTP server is closed after stop()", async () => {
+  const bus = new InMemoryBus();
+  const reverb = new Reverb({ clusterId: "web", bus, http: { port: 0 } });
+  await reverb.start();
+  const base = `http://127.0.0.1:${reverb.httpAddr!.port}`;
+  assert.equal(reverb.readiness().ready, true);
+  const stopped = reverb.stop();
+  assert.deepEqual(reverb.readiness(), { ready: false, reasons: ["stopping"] });
+  await stopped;
+  await assert.rejects(fetch(`${base}/readyz`), "the server is closed after stop()");
+  await bus.close();
+});

@@ -1,0 +1,265 @@
+import assert from "node:assert/strict";
+import { ManualClock } from "../sdk/_clock.ts";
+import type { StatusClaim } from "../sdk/_messages.ts";
+import { type GeneratedKeyPair, generateSigningKeyPair } from "../sdk/_signing.ts";
+import { MessageValidator } from "../schemas/_validator.ts";
+import { claimMessage, hlcAt, makeClaim, signedMessage } from "../tests/_reverb_helpers.ts";
+import {
+  ClaimIntake,
+  type ClaimIntakeOptions,
+  REJECT_REASONS,
+  type RejectReason,
+} from "./_intake.ts";
+import { type KeyEntry, Keyring } from "./_keyring.ts";
+
+const validator = new MessageValidator();
+const T0 = Date.parse("2030-01-01T00:00:00Z");
+
+interface Harness {
+  intake: ClaimIntake;
+  clock: ManualClock;
+  accepted: Array<{ claim: StatusClaim; key: KeyEntry | undefined }>;
+  rejected: Array<{ reason: RejectReason; agentId: string | undefined }>;
+}
+
+function harness(
+  keyring: Keyring = Keyring.EMPTY,
+  options: Partial<ClaimIntakeOptions> = {},
+): Harness {
+  const clock = new ManualClock(T0);
+  const accepted: Harness["accepted"] = [];
+  const rejected: Harness["rejected"] = [];
+  const intake = new ClaimIntake({
+    validate: (v) => {
+      const r = validator.validateMessage(v);
+      return r.valid && r.type === "backbeat.statusclaim.v1";
+    },
+    keyring: () => keyring,
+    clock,
+    maxClaimAgeMs: () => 4_000,
+    onAccept: (claim, _arrival, key) => accepted.push({ claim, key }),
+    onReject: (reason, agentId) => rejected.push({ reason, agentId }),
+    ...options,
+  });
+  return { intake, clock, accepted, rejected };
+}
+
+async function keys(): Promise<{ a: GeneratedKeyPair; b: GeneratedKeyPair; ring: Keyring }> {
+  const a = await generateSigningKeyPair();
+  const b = await generateSigningKeyPair();
+  const ring = await Keyring.fromJson({
+    "agent-a": [{ key_id: "ka", public_key: a.publicKey }],
+    "agent-b": [{ key_id: "kb", public_key: b.publicKey }],
+  });
+  return { a, b, ring };
+}
+
+Deno.test("ClaimIntake accepts a valid unsigned claim at once", () => {
+  const h = harness();
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0) })));
+  assert.equal(h.accepted.length, 1, "no await needed for an unsigned claim");
+  assert.equal(h.intake.stats.accepted, 1);
+  assert.equal(h.accepted[0].key, undefined);
+});
+
+Deno.test("ClaimIntake rejects each bad claim by its reason, in pipeline order, without throwing", async () => {
+  const { a, b, ring } = await keys();
+  const h = harness(ring, { maxClaimBytes: 600 });
+  const ok = (fields: Partial<StatusClaim> = {}) =>
+    makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0), ...fields });
+  h.intake.handle(claimMessage(ok({ notes: "x".repeat(700) }))); // oversized before anything
+  h.intake.handle({ subject: "s", data: new TextEncoder().encode("{not json") });
+  h.intake.handle(claimMessage({ ...ok(), progress: 1.5 })); // schema
+  h.intake.handle(claimMessage({ ...ok(), type: "backbeat.beatframe.v1" })); // schema
+  // Signed by agent-b's key with agent-b's key id, claiming to be agent-a: forged.
+  h.intake.handle(await signedMessage(ok({ hlc: hlcAt(T0, 1) }), b.keyPair.privateKey, "kb"));
+  // Signed by agent-b's key under agent-a's key id: the signature does not verify.
+  h.intake.handle(await signedMessage(ok({ hlc: hlcAt(T0, 2) }), b.keyPair.privateKey, "ka"));
+  // A good signature over different bytes.
+  const good = await signedMessage(ok({ hlc: hlcAt(T0, 3) }), a.keyPair.privateKey, "ka");
+  h.intake.handle({
+    ...good,
+    data: new TextEncoder().encode(JSON.stringify(ok({ hlc: hlcAt(T0, 3), progress: 0.9 }))),
+  });
+  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0 - 4_001) }))); // stale
+  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0 + 60_001) }))); // future
+  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0, 9) })));
+  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0, 9) }))); // replay
+  await h.intake.idle();
+  assert.deepEqual(h.accepted.map((x) => x.claim.hlc), [hlcAt(T0, 9)]);
+  const s = h.intake.stats;
+  const expected: Partial<Record<RejectReason, number>> = {
+    oversized: 1,
+    malformed: 1,
+    schema: 2,
+    unknown_key: 1,
+    bad_signature: 2,
+    stale: 1,
+    future: 1,
+    replay: 1,
+  };
+  for (const r of REJECT_REASONS) assert.equal(s.rejected[r], expected[r] ?? 0, r);
+  assert.equal(h.rejected.find((x) => x.reason === "unknown_key")?.agentId, "agent-a");
+  assert.equal(h.rejected.find((x) => x.reason === "malformed")?.agentId, undefined);
+});
+
+Deno.test("ClaimIntake with requireSignatures rejects unsigned claims and accepts signed ones", async () => {
+  const { a, ring } = await keys();
+  const h = harness(ring, { requireSignatures: true });
+  h.intake.handle(claimMessage(makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0) })));
+  h.intake.handle(
+    await signedMessage(
+      makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 1) }),
+      a.keyPair.privateKey,
+      "ka",
+    ),
+  );
+  // Without x-key-id the agent's valid key is used.
+  h.intake.handle(
+    await signedMessage(
+      makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 2) }),
+      a.keyPair.privateKey,
+      undefined,
+    ),
+  );
+  await h.intake.idle();
+  assert.equal(h.intake.stats.rejected.unsigned, 1);
+  assert.deepEqual(h.accepted.map((x) => x.key?.keyId), ["ka", "ka"]);
+  assert.equal(h.intake.stats.signed, 2);
+  assert.equal(h.intake.verifyTime.count, 2);
+});
+
+Deno.test("ClaimIntake rejects a claim signed with a key outside its validity period", async () => {
+  const a = await generateSigningKeyPair();
+  const ring = await Keyring.fromJson({
+    "agent-a": [
+      { key_id: "old", public_key: a.publicKey, not_after: new Date(T0 - 1).toISOString() },
+    ],
+  });
+  const seen: Array<KeyEntry | undefined> = [];
+  const h = harness(ring, { onReject: (_r, _a, _t, key) => seen.push(key) });
+  h.intake.handle(
+    await signedMessage(
+      makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0) }),
+      a.keyPair.privateKey,
+      "old",
+    ),
+  );
+  await h.intake.idle();
+  assert.equal(h.intake.stats.rejected.key_not_valid, 1);
+  assert.equal(seen[0]?.keyId, "old", "the key is reported so the bar can flag the rotation");
+});
+
+Deno.test("ClaimIntake verifies concurrently but applies each agent's claims in arrival order", async () => {
+  const agents = await Promise.all(
+    Array.from(
+      { length: 8 },
+      async (_, i) => ({ id: `agent-${i}`, pair: await generateSigningKeyPair() }),
+    ),
+  );
+  const ring = await Keyring.fromJson(
+    Object.fromEntries(agents.map((a) => [a.id, [{ key_id: "k", public_key: a.pair.publicKey }]])),
+  );
+  let maxInFlight = 0;
+  const h = harness(ring, { maxInFlight: 16 });
+  const messages = [];
+  for (let n = 0; n < 40; n++) {
+    for (const a of agents) {
+      const claim = makeClaim({ agent_id: a.id, hlc: hlcAt(T0, n), progress: n / 40 });
+      // Every fifth claim is unsigned: it must still wait behind the agent's signed ones.
+      messages.push(
+        n % 5 === 4
+          ? claimMessage(claim)
+          : await signedMessage(claim, a.pair.keyPair.privateKey, "k"),
+      );
+    }
+  }
+  for (const m of messages) {
+    h.intake.handle(m);
+    maxInFlight = Math.max(maxInFlight, h.intake.stats.inFlight);
+  }
+  assert.ok(h.intake.stats.queued > 0, "beyond the in-flight window claims wait in the queue");
+  await h.intake.idle();
+  assert.equal(maxInFlight, 16, "verifications overlap up to the window");
+  assert.equal(h.accepted.length, 320);
+  for (const a of agents) {
+    const order = h.accepted.filter((x) => x.claim.agent_id === a.id).map((x) => x.claim.hlc);
+    assert.deepEqual(order, Array.from({ length: 40 }, (_, n) => hlcAt(T0, n)));
+  }
+});
+
+Deno.test("ClaimIntake rejects with overload when the wait queue is full", async () => {
+  const { a, ring } = await keys();
+  const h = harness(ring, { maxInFlight: 1, maxQueued: 1 });
+  const messages = await Promise.all(
+    [0, 1, 2].map((n) =>
+      signedMessage(
+        makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, n) }),
+        a.keyPair.privateKey,
+        "ka",
+      )
+    ),
+  );
+  for (const m of messages) h.intake.handle(m);
+  await h.intake.idle();
+  assert.equal(h.intake.stats.rejected.overload, 1);
+  assert.equal(h.accepted.length, 2);
+});
+
+Deno.test("ClaimIntake refuses a replay older than everything it still remembers", () => {
+  const h = harness(Keyring.EMPTY, { replayMemory: 2 });
+  for (let n = 1; n <= 3; n++) h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, n) })));
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, 1) })));
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, 3).toUpperCase() })));
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, 4) })));
+  assert.equal(h.intake.stats.rejected.replay, 2, "forgotten and upper-cased replays alike");
+  assert.equal(h.accepted.length, 4);
+});
+
+Deno.test("ClaimIntake judges freshness across the 2^32 ms wrap of the HLC", () => {
+  const clock = new ManualClock(2 ** 32 + 1_000); // physical part wrapped to 1000
+  const h = harness(Keyring.EMPTY, { clock });
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 - 500) }))); // 1.5 s old
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 - 5_000) }))); // 6 s old
+  assert.equal(h.accepted.length, 1);
+  assert.equal(h.intake.stats.rejected.stale, 1);
+});
+
+Deno.test("ClaimIntake verifies in worker threads with the same results and per-agent order", async () => {
+  const agents = await Promise.all(
+    Array.from(
+      { length: 4 },
+      async (_, i) => ({ id: `agent-${i}`, pair: await generateSigningKeyPair() }),
+    ),
+  );
+  const ring = await Keyring.fromJson(
+    Object.fromEntries(agents.map((a) => [a.id, [{ key_id: "k", public_key: a.pair.publicKey }]])),
+  );
+  const stranger = await generateSigningKeyPair();
+  const h = harness(ring, { verifyWorkers: 2 });
+  try {
+    const messages = [];
+    for (let n = 0; n < 300; n++) {
+      for (const a of agents) {
+        const claim = makeClaim({ agent_id: a.id, hlc: hlcAt(T0, n) });
+        // Every seventh claim is signed by a stranger under the agent's key id.
+        const key = n % 7 === 6 ? stranger.keyPair.privateKey : a.pair.keyPair.privateKey;
+        messages.push(await signedMessage(claim, key, "k"));
+      }
+    }
+    for (const m of messages) h.intake.handle(m);
+    await h.intake.idle();
+    const bad = Math.floor(300 / 7);
+    assert.equal(h.intake.stats.offloaded, 1200, "all verified in the workers");
+    assert.equal(h.intake.stats.rejected.bad_signature, 4 * bad);
+    assert.equal(h.accepted.length, 4 * (300 - bad));
+    for (const a of agents) {
+      const order = h.accepted.filter((x) => x.claim.agent_id === a.id).map((x) => x.claim.hlc);
+      const expected = Array.from({ length: 300 }, (_, n) => n).filter((n) => n % 7 !== 6)
+        .map((n) => hlcAt(T0, n));
+      assert.deepEqual(order, expected);
+    }
+  } finally {
+    await h.intake.close();
+  }
+});

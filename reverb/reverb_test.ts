@@ -1,0 +1,204 @@
+import assert from "node:assert/strict";
+import { InMemoryBus } from "../sdk/_bus.ts";
+import { ManualClock } from "../sdk/_clock.ts";
+import { BackbeatError } from "../sdk/_errors.ts";
+import { HybridLogicalClock } from "../sdk/_hlc.ts";
+import type { BarReport } from "../sdk/_messages.ts";
+import { generateSigningKeyPair } from "../sdk/_signing.ts";
+import { Timeline } from "../sdk/_timeline.ts";
+import { MessageValidator } from "../schemas/_validator.ts";
+import { hlcAt, makeClaim, signedMessage, until } from "../tests/_reverb_helpers.ts";
+import { barStreamName, Reverb } from "./_reverb.ts";
+
+const T0 = Date.parse("2030-01-01T00:00:00Z");
+const encoder = new TextEncoder();
+const validator = new MessageValidator();
+
+interface World {
+  bus: InMemoryBus;
+  clock: ManualClock;
+  reverb: Reverb;
+  published: BarReport[];
+  beat(n: number): Promise<void>;
+  send(subject: "status" | "beat", data: unknown): Promise<void>;
+  to(t: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function world(
+  options: Partial<ConstructorParameters<typeof Reverb>[0]> = {},
+): Promise<World> {
+  const bus = new InMemoryBus();
+  const clock = new ManualClock(T0 - 100);
+  const timeline = new Timeline({ originTime: T0, tempoBpm: 60 });
+  const hlc = new HybridLogicalClock({ clock: () => clock.now() });
+  const published: BarReport[] = [];
+  bus.subscribe(
+    "backbeat.dev.bar",
+    (m) => published.push(JSON.parse(new TextDecoder().decode(m.data))),
+  );
+  const reverb = new Reverb({ clusterId: "dev", bus, clock, graceMs: 200, ...options });
+  await reverb.start();
+  const w: World = {
+    bus,
+    clock,
+    reverb,
+    published,
+    async to(t) {
+      if (t > clock.now()) await clock.advance(t - clock.now());
+      await bus.flush();
+    },
+    async send(kind, data) {
+      bus.publish(
+        `backbeat.dev.${kind}`,
+        data instanceof Uint8Array ? data : encoder.encode(JSON.stringify(data)),
+      );
+      await bus.flush();
+    },
+    async beat(n) {
+      await w.to(timeline.dueAt(n));
+      await w.send("beat", await timeline.frame("dev", n, hlc.now()));
+    },
+    async close() {
+      await reverb.stop();
+      await bus.close();
+    },
+  };
+  return w;
+}
+
+Deno.test("Reverb publishes one schema-valid BarReport per window on the bar subject", async () => {
+  const w = await world();
+  try {
+    await w.beat(0);
+    await w.send("status", makeClaim({ agent_id: "a", hlc: hlcAt(w.clock.now()), beat_index: 0 }));
+    await w.send("status", encoder.encode("{oops"));
+    await w.send("status", { type: "backbeat.statusclaim.v1" });
+    for (let n = 1; n <= 4; n++) await w.beat(n);
+    await w.to(T0 + 4_200);
+    assert.equal(w.published.length, 1);
+    const report = w.published[0];
+    assert.equal(validator.validateMessage(report).valid, true);
+    assert.equal(report.agents_reporting, 1);
+    assert.deepEqual(
+      report.issues.map((i) => i.detail),
+      ["1 claims rejected: malformed", "1 claims rejected: schema"],
+    );
+    assert.deepEqual(w.reverb.reports, [report], "the history holds what was published");
+    const status = w.reverb.status();
+    assert.equal(status.active, true);
+    assert.equal(status.tempo_bpm, 60);
+    assert.equal(status.reports_published, 1);
+    assert.equal(status.claims.accepted, 1);
+    assert.equal(status.claims.rejected.malformed, 1);
+    assert.equal(status.stream, null, "no JetStream on the embedded bus");
+    const metrics = w.reverb.metricsText();
+    assert.match(metrics, /^backbeat_reverb_claims_accepted_total 1$/m);
+    assert.match(metrics, /^backbeat_reverb_claims_rejected_total\{reason="schema"\} 1$/m);
+    assert.match(metrics, /^backbeat_reverb_reports_published_total 1$/m);
+    assert.match(metrics, /^backbeat_reverb_agents_tracked 1$/m);
+    assert.equal(metrics.match(/# TYPE backbeat_reverb_claims_rejected_total/g)?.length, 1);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("Reverb takes reports published by another reverb into its history, once", async () => {
+  const w = await world({ historySize: 2 });
+  try {
+    const report = (from: number): BarReport => ({
+      type: "backbeat.barreport.v1",
+      window_id: from.toString(16).padStart(32, "0"),
+      from_beat: from,
+      to_beat: from + 3,
+      agents_reporting: 0,
+      on_time_reviews: 0,
+      help_promises_fulfilled: 0,
+      secret_rotations_ok: true,
+      tempo_drift_ms: 0,
+      issues: [],
+    });
+    for (const r of [report(8), report(4), report(8), report(12)]) {
+      w.bus.publish("backbeat.dev.bar", encoder.encode(JSON.stringify(r)));
+    }
+    w.bus.publish("backbeat.dev.bar", encoder.encode('{"type":"backbeat.barreport.v1"}'));
+    await w.bus.flush();
+    assert.deepEqual(w.reverb.reports.map((r) => r.from_beat), [8, 12]);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("Reverb verifies signatures with a keyring file and follows its reload", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "reverb-test-" });
+  const path = `${dir}/keyring.json`;
+  const k1 = await generateSigningKeyPair();
+  const k2 = await generateSigningKeyPair();
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify({ a: [{ key_id: "k1", public_key: k1.publicKey }] }),
+  );
+  const w = await world({ keyring: path, requireSignatures: true });
+  try {
+    const send = async (key: CryptoKey, kid: string, logical: number) => {
+      const m = await signedMessage(
+        makeClaim({ agent_id: "a", hlc: hlcAt(w.clock.now(), logical) }),
+        key,
+        kid,
+        "backbeat.dev.status",
+      );
+      const c = w.reverb.claimsSummary();
+      const before = c.accepted + Object.values(c.rejected).reduce((x, y) => x + y, 0);
+      w.bus.publish(m.subject, m.data, { headers: m.headers });
+      await until(() => {
+        const s = w.reverb.claimsSummary();
+        return s.accepted + Object.values(s.rejected).reduce((x, y) => x + y, 0) > before;
+      }, "the claim to be verified");
+    };
+    await send(k1.keyPair.privateKey, "k1", 1);
+    await send(k2.keyPair.privateKey, "k2", 2);
+    assert.equal(w.reverb.status().claims.accepted, 1);
+    assert.equal(w.reverb.status().claims.rejected.unknown_key, 1);
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({ a: [{ key_id: "k2", public_key: k2.publicKey }] }),
+    );
+    await until(() => w.reverb.keyring.get("a", "k2") !== undefined, "the keyring reload");
+    await send(k2.keyPair.privateKey, "k2", 3);
+    await send(k1.keyPair.privateKey, "k1", 4);
+    assert.equal(w.reverb.status().claims.accepted, 2);
+    assert.equal(w.reverb.status().claims.rejected.unknown_key, 2);
+    assert.equal(w.reverb.status().keyring_keys, 1);
+  } finally {
+    await w.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("Reverb.stop() is idempotent, an abort signal stops it, and a stopped reverb cannot start", async () => {
+  const bus = new InMemoryBus();
+  const reverb = new Reverb({ clusterId: "dev", bus });
+  const controller = new AbortController();
+  await reverb.start(controller.signal);
+  assert.equal(bus.subscriptionCount, 3);
+  controller.abort();
+  await reverb.stop();
+  await reverb.stop();
+  assert.equal(bus.subscriptionCount, 0);
+  await assert.rejects(reverb.start(), (e) => e instanceof BackbeatError && e.code === "closed");
+  await bus.close();
+});
+
+Deno.test("Reverb refuses bad options and fails to start on a missing keyring file", async () => {
+  assert.throws(() => new Reverb({ clusterId: "a.b" }), TypeError);
+  assert.throws(() => new Reverb({ clusterId: "dev", historySize: 0 }), RangeError);
+  assert.throws(() => new Reverb({ clusterId: "dev", maxClaimBytes: -1 }), RangeError);
+  const reverb = new Reverb({ clusterId: "dev", keyring: "/nonexistent/keyring.json" });
+  await assert.rejects(reverb.start(), (e) => e instanceof BackbeatError && e.code === "key");
+});
+
+Deno.test("barStreamName() upper-cases the cluster and replaces what a stream name cannot hold", () => {
+  assert.equal(barStreamName("chorus-dev"), "BACKBEAT_CHORUS-DEV_BARS");
+  assert.equal(barStreamName("team/a:b"), "BACKBEAT_TEAM_A_B_BARS");
+  assert.throws(() => barStreamName("a.b"), TypeError);
+});
