@@ -1,0 +1,351 @@
+// SDK benchmark: end-to-end beat latency (pulse's publish instant, carried in `x-pulse-sent`, to
+// callback entry) on a real nats-server at 600 BPM, for one client and for 1,000 clients in 4
+// processes (250 each on one shared connection), each beside raw nats.js subscribers of the same
+// topology measured in the same run; then the cost of emitStatusClaim, unsigned and signed.
+// Results go to the `## SDK` section of bench/RESULTS.md.
+//
+//   deno run -A bench/sdk_bench.ts [--seconds 30] [--clients 1000] [--procs 4] [--no-write]
+//
+// Worker mode (spawned by the coordinator): --worker sdk|raw --count N --url U --seconds S
+import { Client, connectNatsBus, defaultConfig, generateSigningKeyPair } from "../mod.ts";
+import { Pulse } from "../pulse/mod.ts";
+import { startNatsServer } from "../tests/_nats_server.ts";
+
+const CLUSTER = "bench";
+const TEMPO = 600;
+const WARMUP_S = 3;
+const ROOT = new URL("..", import.meta.url).pathname;
+const HEADING = "## SDK";
+
+function flag(name: string, fallback: string): string {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < Deno.args.length ? Deno.args[i + 1] : fallback;
+}
+
+const now = () => performance.timeOrigin + performance.now();
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+// ---------------------------------------------------------------- worker side
+
+/** Latency samples in ms, bounded by the expected count. */
+class Samples {
+  readonly data: Float64Array;
+  n = 0;
+  constructor(cap: number) {
+    this.data = new Float64Array(cap);
+  }
+  add(ms: number): void {
+    if (this.n < this.data.length) this.data[this.n++] = ms;
+  }
+}
+
+async function worker(kind: string): Promise<void> {
+  const count = Number(flag("count", "1"));
+  const url = flag("url", "");
+  const seconds = Number(flag("seconds", "30"));
+  const beat = `backbeat.${CLUSTER}.beat`;
+  const samples = new Samples(Math.ceil(count * (seconds + 2) * (TEMPO / 60) * 1.2));
+  let recording = false;
+  let synthetic = 0;
+  let close: () => Promise<void>;
+  if (kind === "sdk") {
+    const clients: Client[] = [];
+    for (let i = 0; i < count; i++) {
+      const c = defaultConfig();
+      c.clusterId = CLUSTER;
+      c.agentId = `bench-${Deno.pid}-${i}`;
+      c.natsUrl = url;
+      c.logger = quiet;
+      const client = new Client(c);
+      client.onBeat((_frame, info) => {
+        const t = now();
+        if (!recording) return;
+        if (info.synthetic) synthetic++;
+        else if (info.sentAt !== undefined) samples.add(t - info.sentAt);
+      });
+      await client.start();
+      clients.push(client);
+    }
+    await clients[0].bus!.flush();
+    close = async () => {
+      for (const c of clients) await c.stop();
+    };
+  } else {
+    // Raw nats.js, same topology and the strictest baseline: one connection, one subscription,
+    // the frame parsed once and handed to `count` plain callbacks (no validation, ordering or
+    // isolation).
+    const { connect } = await import("@nats-io/transport-node");
+    const nc = await connect({ servers: url });
+    type Raw = (frame: unknown, sentAt: number) => void;
+    const callbacks: Raw[] = [];
+    for (let i = 0; i < count; i++) {
+      callbacks.push((_frame, sentAt) => {
+        const t = now();
+        if (recording) samples.add(t - sentAt);
+      });
+    }
+    const decoder = new TextDecoder();
+    nc.subscribe(beat, {
+      callback: (_err, msg) => {
+        const sentAt = Number(msg.headers?.get("x-pulse-sent"));
+        const frame = JSON.parse(decoder.decode(msg.data));
+        for (const cb of callbacks) cb(frame, sentAt);
+      },
+    });
+    await nc.flush();
+    close = () => nc.close();
+  }
+  console.log("ready");
+  await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
+  recording = true;
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  recording = false;
+  await close();
+  const out = Array.from(samples.data.subarray(0, samples.n), (x) => Math.round(x * 1000) / 1000);
+  console.log(JSON.stringify({ samples: out, synthetic }));
+}
+
+// ---------------------------------------------------------------- coordinator side
+
+interface Stats {
+  n: number;
+  min: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+function stats(all: number[]): Stats {
+  const s = Float64Array.from(all).sort();
+  const q = (p: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))];
+  return { n: s.length, min: s[0], p50: q(0.5), p99: q(0.99), max: s[s.length - 1] };
+}
+
+function spawn(
+  kind: string,
+  count: number,
+  url: string,
+  seconds: number,
+): { isReady: Promise<void>; done: Promise<{ samples: number[]; synthetic: number }> } {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      import.meta.filename!,
+      "--worker",
+      kind,
+      "--count",
+      String(count),
+      "--url",
+      url,
+      "--seconds",
+      String(seconds),
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const lines: string[] = [];
+  let ready!: () => void;
+  const isReady = new Promise<void>((r) => ready = r);
+  const done = (async () => {
+    let buf = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (line === "ready") ready();
+        else lines.push(line);
+      }
+    }
+    const status = await child.status;
+    if (!status.success) throw new Error(`${kind} worker failed (${status.code})`);
+    return JSON.parse(lines.at(-1)!) as { samples: number[]; synthetic: number };
+  })();
+  return { isReady, done };
+}
+
+// nats-server hands a message to subscribers in subscription order, so whichever process
+// subscribed first is served first. Each topology runs twice, half the time each, with the SDK
+// subscribed first and then the raw baseline first, and the samples are merged.
+async function topology(
+  url: string,
+  clients: number,
+  procs: number,
+  seconds: number,
+): Promise<{ sdk: Stats; raw: Stats; synthetic: number }> {
+  const per = Math.ceil(clients / procs);
+  const all: { kind: string; samples: number[]; synthetic: number }[] = [];
+  for (const order of [["sdk", "raw"], ["raw", "sdk"]]) {
+    const workers: { kind: string; w: ReturnType<typeof spawn> }[] = [];
+    for (let p = 0; p < procs; p++) {
+      for (const kind of order) {
+        const w = spawn(kind, per, url, seconds / 2);
+        workers.push({ kind, w });
+        await w.isReady; // subscribed before the next one subscribes
+      }
+    }
+    all.push(...await Promise.all(workers.map(async (x) => ({ kind: x.kind, ...await x.w.done }))));
+  }
+  const pick = (kind: string) => all.filter((r) => r.kind === kind).flatMap((r) => r.samples);
+  const synthetic = all.reduce((n, r) => n + r.synthetic, 0);
+  return { sdk: stats(pick("sdk")), raw: stats(pick("raw")), synthetic };
+}
+
+interface ClaimCost {
+  awaited: number;
+  pipelined: number;
+}
+
+/** µs per claim, awaited one at a time and pipelined (all emitted, then awaited). */
+async function claimCost(url: string): Promise<{ unsigned: ClaimCost; signed: ClaimCost }> {
+  const make = async (signingKey?: CryptoKey) => {
+    const c = defaultConfig();
+    c.clusterId = CLUSTER;
+    c.agentId = "bench-claims";
+    c.natsUrl = url;
+    c.logger = quiet;
+    c.localDegradation = false;
+    c.signingKey = signingKey;
+    const client = new Client(c);
+    await client.start();
+    return client;
+  };
+  const claim = (i: number) => ({
+    state: "executing" as const,
+    progress: (i % 100) / 100,
+    beats_left: 3,
+    notes: "processing batch",
+  });
+  const time = async (client: Client, n: number): Promise<ClaimCost> => {
+    for (let i = 0; i < 1000; i++) await client.emitStatusClaim(claim(i));
+    await client.bus!.flush();
+    let t0 = performance.now();
+    for (let i = 0; i < n; i++) await client.emitStatusClaim(claim(i));
+    await client.bus!.flush();
+    const awaited = ((performance.now() - t0) * 1000) / n;
+    t0 = performance.now();
+    const pending: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) pending.push(client.emitStatusClaim(claim(i)));
+    await Promise.all(pending);
+    await client.bus!.flush();
+    const pipelined = ((performance.now() - t0) * 1000) / n;
+    return { awaited, pipelined };
+  };
+  const plain = await make();
+  const unsigned = await time(plain, 20_000);
+  await plain.stop();
+  const { keyPair } = await generateSigningKeyPair();
+  const signer = await make(keyPair.privateKey);
+  const signed = await time(signer, 5_000);
+  await signer.stop();
+  return { unsigned, signed };
+}
+
+async function coordinator(): Promise<void> {
+  const seconds = Number(flag("seconds", "30"));
+  const clients = Number(flag("clients", "1000"));
+  const procs = Number(flag("procs", "4"));
+  const write = !Deno.args.includes("--no-write");
+  const load = async () =>
+    (await Deno.readTextFile("/proc/loadavg").catch(() => "? ? ?")).split(" ")[0];
+  const loadBefore = await load();
+  await using server = await startNatsServer();
+  const bus = await connectNatsBus({ servers: server.url });
+  const pulse = new Pulse({ clusterId: CLUSTER, bus, tempoBpm: TEMPO });
+  let single, many, claims;
+  try {
+    await pulse.start();
+    console.error(`pulse leading at ${TEMPO} BPM; single client, ${seconds} s...`);
+    single = await topology(server.url, 1, 1, seconds);
+    console.error(`${clients} clients in ${procs} processes, ${seconds} s...`);
+    many = await topology(server.url, clients, procs, seconds);
+    console.error("emitStatusClaim cost...");
+    claims = await claimCost(server.url);
+  } finally {
+    await pulse.stop();
+    await bus.close();
+  }
+  const loadAfter = await load();
+  const f = (x: number) => x.toFixed(2);
+  const row = (name: string, s: Stats) =>
+    `| ${name} | ${s.n.toLocaleString("en")} | ${f(s.min)} | ${f(s.p50)} | ${f(s.p99)} | ${
+      f(s.max)
+    } |`;
+  const ratio1 = single.sdk.p99 / single.raw.p99;
+  const ratioN = many.sdk.p99 / many.raw.p99;
+  const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(
+    /model name\s*:\s*(.+)/,
+  )?.[1];
+  const section = `${HEADING}
+
+Command: \`deno task bench:sdk\` (= \`deno run -A bench/sdk_bench.ts\`), run ${
+    new Date().toISOString().slice(0, 10)
+  }.
+
+End-to-end beat latency, in ms: pulse's publish instant (\`x-pulse-sent\`) to the entry of the
+callback, on a local nats-server with a \`Pulse\` leading at ${TEMPO} BPM, ${seconds} s per topology
+after ${WARMUP_S} s of warm-up. The SDK clients share one NATS connection per process (one
+subscription; each frame parsed and validated once and fanned out to every client). The raw
+baseline is nats.js in the same topology, in its strictest form: one connection and one
+subscription per process, the frame parsed once and handed to ${
+    Math.ceil(clients / procs)
+  } plain callbacks (no
+validation, ordering, isolation or health). SDK and raw processes run side by side;
+nats-server serves subscribers in subscription order, so half the time the SDK subscribes first
+and half the time the baseline does.
+
+| Topology | Samples | min | p50 | p99 | max |
+|----------|---------|-----|-----|-----|-----|
+${row("1 SDK client", single.sdk)}
+${row("1 raw nats.js subscriber", single.raw)}
+${row(`${clients} SDK clients, ${procs} processes`, many.sdk)}
+${row(`${clients} raw callbacks, ${procs} processes`, many.raw)}
+
+- SDK p99 / raw p99: **${ratio1.toFixed(2)}×** for one client, **${
+    ratioN.toFixed(2)
+  }×** for ${clients} (goal ≤ 1.2×: ${ratioN <= 1.2 && ratio1 <= 1.2 ? "met" : "not met"}).
+- Beats delivered synthetically instead (a frame later than one period + the 50 ms jitter
+  tolerance puts a client in degraded mode; the late real frame is then not delivered twice):
+  ${single.synthetic} for one client, ${many.synthetic.toLocaleString("en")} for ${clients}.
+- Max at ${clients} clients: **${f(many.sdk.max)} ms** (goal ≤ 5 ms: ${
+    many.sdk.max <= 5 ? "met" : "not met"
+  }; the raw baseline's max in the same run: ${f(many.raw.max)} ms).
+- \`emitStatusClaim\` on NATS (fill, validate, serialise, sign, publish; then flushed), µs per
+  claim: unsigned **${
+    claims.unsigned.awaited.toFixed(1)
+  }** awaited one at a time (each claim its own socket write) and **${
+    claims.unsigned.pipelined.toFixed(1)
+  }** pipelined; signed (Ed25519, WebCrypto) **${
+    claims.signed.awaited.toFixed(1)
+  }** awaited and **${claims.signed.pipelined.toFixed(1)}** pipelined.
+
+Load average (1 min) ${loadBefore} before the run and ${loadAfter} after it; on a shared machine
+other work inflates the tails of both columns alike.
+
+Environment: ${Deno.build.target}, Deno ${Deno.version.deno}, ${navigator.hardwareConcurrency} CPUs (${
+    cpu ?? "unknown CPU"
+  }).
+`;
+  console.log(section);
+  if (write) {
+    const path = `${ROOT}bench/RESULTS.md`;
+    let text = await Deno.readTextFile(path).catch(() => "# Benchmark results\n");
+    const start = text.indexOf(`\n${HEADING}\n`);
+    if (start === -1) text = `${text.trimEnd()}\n\n${section}`;
+    else {
+      const next = text.indexOf("\n## ", start + HEADING.length + 1);
+      text = `${text.slice(0, start + 1)}${section}${next === -1 ? "" : text.slice(next)}`;
+    }
+    await Deno.writeTextFile(path, text);
+    // Keep the file as `deno fmt --check` wants it (tables aligned, prose wrapped).
+    await new Deno.Command(Deno.execPath(), { args: ["fmt", "-q", path], stdout: "null" }).output();
+    console.error(`updated ${path}`);
+  }
+}
+
+const kind = flag("worker", "");
+if (kind) await worker(kind);
+else await coordinator();
