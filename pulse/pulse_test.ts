@@ -3,6 +3,7 @@ import { InMemoryBus } from "../sdk/_bus.ts";
 import { ManualClock } from "../sdk/_clock.ts";
 import { BackbeatError } from "../sdk/_errors.ts";
 import type { BeatFrame } from "../sdk/_messages.ts";
+import { formatInstant } from "../sdk/_timeline.ts";
 import { windowId } from "../sdk/_window_id.ts";
 import { validateMessage } from "../schemas/mod.ts";
 import { Pulse, type PulseOptions, type TempoChange } from "./mod.ts";
@@ -70,7 +71,7 @@ Deno.test("Pulse publishes valid, continuous frames at their due time", async ()
       const due = origin + i * 500;
       assert.equal(
         frame.deadline_at,
-        new Date(Math.ceil(due + phaseEnd[i % 4] * 500)).toISOString(),
+        formatInstant(due + phaseEnd[i % 4] * 500),
       );
       assert.equal(frame.window_id, await windowId("c1", i - (i % 4)));
       assert.equal(headers["x-window-id"], frame.window_id);
@@ -112,7 +113,7 @@ Deno.test("Pulse follows a custom bar shape and phase map", async () => {
     ]);
     assert.deepEqual(t.seen.map((s) => s.frame.phase).slice(0, 3), ["plan", "execute", "execute"]);
     // Execute lasts to the end of the bar (no review beat).
-    assert.equal(t.seen[1].frame.deadline_at, new Date(1_700_000_000_000 + 1500).toISOString());
+    assert.equal(t.seen[1].frame.deadline_at, formatInstant(1_700_000_000_000 + 1500));
   } finally {
     await t.done();
   }
@@ -143,7 +144,7 @@ Deno.test("setTempo() lands on the next downbeat, announced in the bar before", 
       assert.equal(f.next_tempo_bpm, undefined);
     }
     // Beat 7's review phase ends where the new tempo begins.
-    assert.equal(frames[7].deadline_at, new Date(Math.ceil(origin + 8 * 500)).toISOString());
+    assert.equal(frames[7].deadline_at, formatInstant(origin + 8 * 500));
     const sent = t.seen.map((s) => Number(s.headers["x-pulse-sent"]));
     assert.equal(sent[8], origin + 8 * 500);
     assert.equal(sent[16], origin + 8 * 500 + 8 * 250);
@@ -304,8 +305,10 @@ Deno.test("start() with an aborted signal fails; aborting later stops the pulse"
   await q.start(ac.signal);
   assert.equal(q.role, "leader");
   ac.abort();
-  await q.stop();
+  // The abort alone stops it (an embedded pulse has no lease to hand over).
   assert.equal(q.role, "stopped");
+  await q.stop();
+  await assert.rejects(q.start(), (e) => e instanceof BackbeatError && e.code === "closed");
 });
 
 Deno.test("24 simulated hours at 1,000 BPM accumulate zero drift", async () => {

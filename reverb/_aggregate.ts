@@ -17,6 +17,7 @@ import {
   DEFAULT_BEATS_PER_BAR,
   DEFAULT_TEMPO_BPM,
   defaultPhases,
+  parseInstant,
   Timeline,
 } from "../sdk/_timeline.ts";
 import { windowId } from "../sdk/_window_id.ts";
@@ -379,10 +380,10 @@ export class BarAggregator {
       rebuild = true;
     }
     // The announced schedule: deadline_at ends this beat's phase; step back over the phase's
-    // remaining beats. deadline_at is whole milliseconds, so this is exact to 1 ms.
+    // remaining beats. pulse writes deadline_at to the microsecond, so this is exact.
     let k = pos + 1;
     while (k < bpb && this.#phases[k] === this.#phases[pos]) k++;
-    const due = Date.parse(frame.deadline_at) - (k - pos) * period;
+    const due = parseInstant(frame.deadline_at) - (k - pos) * period;
     if (
       t === undefined || rebuild || t.tempoAt(beat) !== tempo ||
       Math.abs(t.dueAt(beat) - due) > Math.max(2, period * 0.02)

@@ -131,6 +131,50 @@ function assertBeat(beat: number, what: string): void {
 }
 
 /**
+ * Formats an instant as RFC 3339 UTC with microseconds (`2025-09-05T12:30:00.123456Z`), so a
+ * frame's `deadline_at` states the schedule exactly rather than rounded to the millisecond.
+ *
+ * @param ms Epoch milliseconds, fractional.
+ * @returns The RFC 3339 text.
+ * @throws {RangeError} When the instant is not a finite time.
+ *
+ * @example Microsecond precision
+ * ```ts
+ * import { formatInstant } from "@chorus/backbeat/sdk";
+ * console.log(formatInstant(1.5)); // "1970-01-01T00:00:00.001500Z"
+ * ```
+ */
+export function formatInstant(ms: number): string {
+  let whole = Math.floor(ms);
+  let micros = Math.round((ms - whole) * 1000);
+  if (micros === 1000) {
+    whole += 1;
+    micros = 0;
+  }
+  const iso = new Date(whole).toISOString(); // always ends in ".sssZ"
+  return `${iso.slice(0, -1)}${String(micros).padStart(3, "0")}Z`;
+}
+
+/**
+ * Parses an RFC 3339 instant keeping sub-millisecond digits, which `Date.parse` drops.
+ *
+ * @param text RFC 3339 text, e.g. a frame's `deadline_at`.
+ * @returns Epoch milliseconds, fractional; `NaN` when the text is not a date-time.
+ *
+ * @example Round trip
+ * ```ts
+ * import { formatInstant, parseInstant } from "@chorus/backbeat/sdk";
+ * console.log(parseInstant(formatInstant(1_700_000_000_000.25))); // 1700000000000.25
+ * ```
+ */
+export function parseInstant(text: string): number {
+  const whole = Date.parse(text);
+  if (Number.isNaN(whole)) return NaN;
+  const m = /\.\d{3}(\d+)(?:Z|[+-]\d{2}:\d{2})$/i.exec(text);
+  return m ? whole + Number(`0.${m[1]}`) : whole;
+}
+
+/**
  * The cluster's absolute beat schedule: for any beat_index or instant it answers due time,
  * downbeat, phase, deadline, bar start and window id. Beat n is due at `origin + n × period`
  * (per tempo segment), so error never accumulates. Tempo changes land on the next downbeat and
@@ -445,6 +489,25 @@ export class Timeline {
    * @returns The frame.
    */
   async frame(clusterId: string, beat: number, hlc: string, window?: string): Promise<BeatFrame> {
+    return this.frameWithWindow(
+      clusterId,
+      beat,
+      hlc,
+      window ?? await this.windowId(clusterId, beat),
+    );
+  }
+
+  /**
+   * Builds the BeatFrame for a beat synchronously, from its bar's window id (for hot paths that
+   * derive window ids ahead of time).
+   *
+   * @param clusterId The cluster.
+   * @param beat A beat_index (≥ 0).
+   * @param hlc The frame's HLC stamp.
+   * @param window The window id of the beat's bar.
+   * @returns The frame.
+   */
+  frameWithWindow(clusterId: string, beat: number, hlc: string, window: string): BeatFrame {
     const frame: BeatFrame = {
       type: "backbeat.beatframe.v1",
       cluster_id: clusterId,
@@ -452,9 +515,9 @@ export class Timeline {
       downbeat: this.isDownbeat(beat),
       phase: this.phaseOf(beat),
       hlc,
-      deadline_at: new Date(Math.ceil(this.deadlineAt(beat))).toISOString(),
+      deadline_at: formatInstant(this.deadlineAt(beat)),
       tempo_bpm: this.tempoAt(beat),
-      window_id: window ?? await this.windowId(clusterId, beat),
+      window_id: window,
       beats_per_bar: this.beatsPerBar,
     };
     const next = this.pendingChange(beat);

@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import {
   assertClusterId,
   defaultPhases,
+  formatInstant,
+  parseInstant,
   parsePhases,
   subjects,
   Timeline,
@@ -68,7 +70,7 @@ Deno.test("Timeline.frame() carries the announced tempo change during the bar be
   assert.equal(f8.downbeat, true);
   assert.equal(f8.window_id, await windowId("dev", 8));
   assert.equal(f6.window_id, await windowId("dev", 4));
-  assert.equal(f8.deadline_at, new Date(8_500).toISOString());
+  assert.equal(f8.deadline_at, "1970-01-01T00:00:08.500000Z");
 });
 
 Deno.test("Timeline survives a JSON round trip and keeps its segments bounded", () => {
@@ -140,4 +142,19 @@ Deno.test("subjects() names the four cluster subjects and rejects non-token clus
   for (const bad of ["", "a.b", "a*", ">", "a b", "x".repeat(129)]) {
     assert.throws(() => assertClusterId(bad), /Invalid cluster id .*one NATS subject token/);
   }
+});
+
+Deno.test("formatInstant() and parseInstant() keep microseconds that Date drops", () => {
+  for (const ms of [0, 1.5, 1_700_000_000_000.25, 1_700_000_000_123.999, 1_700_000_000_999.9999]) {
+    const text = formatInstant(ms);
+    assert.match(text, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/);
+    assert.ok(Math.abs(parseInstant(text) - ms) < 0.0006, `${ms} -> ${text}`);
+  }
+  assert.equal(formatInstant(0.9996), "1970-01-01T00:00:00.001000Z");
+  assert.equal(parseInstant("2025-09-05T12:30:00Z"), Date.parse("2025-09-05T12:30:00Z"));
+  assert.equal(
+    parseInstant("2025-09-05T14:30:00.000250+02:00"),
+    Date.parse("2025-09-05T12:30:00Z") + 0.25,
+  );
+  assert.ok(Number.isNaN(parseInstant("yesterday")));
 });
