@@ -81,7 +81,8 @@ export function windowIdCached(clusterId: string, downbeat: number): Promise<str
 }
 
 /**
- * Builds the frame of `beat` as `Timeline.frame()` does, synchronously, from a known window id.
+ * Builds the frame of `beat` exactly as pulse does (`Timeline.frameWithWindow()`), synchronously,
+ * from a known window id.
  *
  * @param timeline The schedule.
  * @param clusterId The cluster.
@@ -97,21 +98,7 @@ export function syntheticFrame(
   hlc: string,
   window: string,
 ): BeatFrame {
-  const frame: BeatFrame = {
-    type: "backbeat.beatframe.v1",
-    cluster_id: clusterId,
-    beat_index: beat,
-    downbeat: timeline.isDownbeat(beat),
-    phase: timeline.phaseOf(beat),
-    hlc,
-    deadline_at: new Date(Math.ceil(timeline.deadlineAt(beat))).toISOString(),
-    tempo_bpm: timeline.tempoAt(beat),
-    window_id: window,
-    beats_per_bar: timeline.beatsPerBar,
-  };
-  const next = timeline.pendingChange(beat);
-  if (next && next.tempoBpm !== frame.tempo_bpm) frame.next_tempo_bpm = next.tempoBpm;
-  return frame;
+  return timeline.frameWithWindow(clusterId, beat, hlc, window);
 }
 
 /** What the last real beats told about the cluster's schedule. */
