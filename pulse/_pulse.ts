@@ -17,6 +17,8 @@ import {
   type TimelineJson,
 } from "../sdk/_timeline.ts";
 import { windowId } from "../sdk/_window_id.ts";
+import { MAX_FRAME_BYTES } from "../sdk/_beat_feed.ts";
+import { defaultMessageValidator } from "../schemas/mod.ts";
 
 /** Default for {@linkcode PulseOptions.clock}'s spin: wake 1.5 ms early and spin to the due time. */
 export const DEFAULT_PULSE_SPIN_MS = 1.5;
@@ -555,7 +557,9 @@ export class Pulse extends EventTarget {
       throw new BackbeatError("aborted", "Cannot start the pulse: the signal is aborted");
     }
     if (signal) {
-      const onAbort = () => void this.stop();
+      const onAbort = () => {
+        this.stop().catch((error) => this.#error("Cannot stop on abort", error));
+      };
       signal.addEventListener("abort", onAbort, { once: true });
       this.#abortCleanup = () => signal.removeEventListener("abort", onAbort);
     }
@@ -615,12 +619,7 @@ export class Pulse extends EventTarget {
   async #stop(): Promise<void> {
     const wasLeader = this.#role === "leader";
     this.#stopped = true;
-    this.#epoch++;
-    this.#cancelBeat?.();
-    this.#cancelBeat = undefined;
-    this.#prepared = undefined;
-    this.#stateTimer?.();
-    this.#stateTimer = undefined;
+    this.#haltBeats();
     this.#abortCleanup?.();
     this.#abortCleanup = undefined;
     for (const sub of this.#subs) sub.unsubscribe();
@@ -659,7 +658,17 @@ export class Pulse extends EventTarget {
       return;
     }
     if (epoch !== this.#epoch || this.#stopped || !lease.isHeld()) return;
-    await this.#lead(token, stored, epoch);
+    try {
+      await this.#lead(token, stored, epoch);
+    } catch (error) {
+      // Holding the lease without publishing would silence the cluster: let another lead.
+      this.#error("Cannot lead; stepping down", error);
+      if (epoch === this.#epoch) {
+        this.#demote("cannot lead");
+        await lease.stepDown();
+      }
+      return;
+    }
     if (this.#role === "leader" && epoch === this.#epoch) {
       this.#stateDirty = true;
       await this.#writeState();
@@ -739,18 +748,23 @@ export class Pulse extends EventTarget {
 
   #demote(reason: string): void {
     if (this.#role !== "leader") return;
-    this.#epoch++;
-    this.#cancelBeat?.();
-    this.#cancelBeat = undefined;
-    this.#prepared = undefined;
-    this.#stateTimer?.();
-    this.#stateTimer = undefined;
+    this.#haltBeats();
     this.#role = "follower";
     const token = this.#token;
     this.#token = 0;
     this.#tokenText = "0";
     this.#logger.warn("leadership lost", { reason, token, last_beat: this.#next - 1 });
     this.dispatchEvent(new CustomEvent("follower", { detail: { token } }));
+  }
+
+  // Ends the current tenure's beat loop and state writes; a new epoch voids pending work.
+  #haltBeats(): void {
+    this.#epoch++;
+    this.#cancelBeat?.();
+    this.#cancelBeat = undefined;
+    this.#prepared = undefined;
+    this.#stateTimer?.();
+    this.#stateTimer = undefined;
   }
 
   // --- the beat loop ---
@@ -847,13 +861,14 @@ export class Pulse extends EventTarget {
       this.#track(this.#buildFrame(n));
       return;
     }
-    // The usual case, once per beat: only microtasks between here and a ready frame.
-    tl.frame(this.clusterId, n, PLACEHOLDER_HLC, w).then((frame) => {
-      if (this.#timeline === tl && this.#next === n && this.#role === "leader") {
-        this.#prepared = prepared(n, tl, frame);
-      }
-      if (tl.isDownbeat(n) || this.#windowsTo < bar) this.#requestWindows(bar);
-    }, (error) => this.#error(`Cannot prepare beat ${n}`, error));
+    // The usual case, once per beat: the frame is ready before this returns.
+    try {
+      this.#prepared = prepared(n, tl, tl.frameWithWindow(this.clusterId, n, PLACEHOLDER_HLC, w));
+    } catch (error) {
+      this.#error(`Cannot prepare beat ${n}`, error);
+      return;
+    }
+    if (tl.isDownbeat(n) || this.#windowsTo < bar) this.#requestWindows(bar);
   }
 
   async #buildFrame(n: number): Promise<void> {
@@ -961,24 +976,23 @@ export class Pulse extends EventTarget {
     if (msg.headers?.["x-pulse-id"] === this.id) return;
     let frame: BeatFrame;
     try {
+      if (msg.data.byteLength > MAX_FRAME_BYTES) throw new RangeError("frame too large");
       frame = JSON.parse(decoder.decode(msg.data));
     } catch {
       this.#framesRejected++;
       return;
     }
+    // Schema-checked like the SDK does: a bad frame must not seed a successor's timeline.
     if (
-      !frame || typeof frame !== "object" || frame.cluster_id !== this.clusterId ||
-      !Number.isSafeInteger(frame.beat_index) || frame.beat_index < 0 ||
-      typeof frame.tempo_bpm !== "number"
+      !defaultMessageValidator().validateMessage(frame).valid ||
+      frame.type !== "backbeat.beatframe.v1" || frame.cluster_id !== this.clusterId
     ) {
       this.#framesRejected++;
       return;
     }
-    if (typeof frame.hlc === "string") {
-      try {
-        this.#hlc.update(frame.hlc);
-      } catch { /* a remote clock far ahead must not move ours */ }
-    }
+    try {
+      this.#hlc.update(frame.hlc);
+    } catch { /* a remote clock far ahead must not move ours */ }
     if (!this.#lastBeat || frame.beat_index >= this.#lastBeat.beat_index) {
       this.#lastBeat = frame;
       this.#lastBeatAt = this.#clock.now();
@@ -1020,7 +1034,13 @@ export class Pulse extends EventTarget {
       });
       return;
     }
-    this.setTempo(tempo);
+    try {
+      this.setTempo(tempo);
+    } catch (error) {
+      // A message handler must not throw: count it like any other refused request.
+      this.#controlRejected++;
+      this.#error("Cannot apply the tempo request", error);
+    }
   }
 
   // --- helpers ---

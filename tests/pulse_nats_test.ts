@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { validateMessage } from "../schemas/mod.ts";
 import { windowId } from "../sdk/_window_id.ts";
+import { parseInstant } from "../sdk/_timeline.ts";
 import {
   currentLeader,
   measureHandover,
@@ -50,7 +51,7 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
         assert.equal(frame.downbeat, pos === 0);
         assert.equal(frame.phase, phases[pos]);
         assert.equal(frame.window_id, await windowId(CLUSTER, frame.beat_index - pos));
-        const deadline = Date.parse(frame.deadline_at); // whole milliseconds, rounded up
+        const deadline = parseInstant(frame.deadline_at); // to the microsecond
         const expected = origin + (frame.beat_index + phaseEnd[pos]) * PERIOD;
         assert.ok(Math.abs(deadline - expected) < 2, `deadline ${deadline} vs ${expected}`);
       }
@@ -202,5 +203,49 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
   } finally {
     await Promise.all(procs.map((p) => p.close()));
     await bus.close();
+  }
+});
+
+Deno.test("a follower rejects malformed frames on the beat subject and its successor timeline stays intact", async () => {
+  const { connectNatsBus } = await import("../sdk/_bus.ts");
+  const { Pulse } = await import("../pulse/mod.ts");
+  await using server = await startNatsServer();
+  const busA = await connectNatsBus({ servers: server.url });
+  const busB = await connectNatsBus({ servers: server.url });
+  const peer = await connectNatsBus({ servers: server.url });
+  const a = new Pulse({ clusterId: "malformed", bus: busA, id: "a", tempoBpm: 600 });
+  const b = new Pulse({ clusterId: "malformed", bus: busB, id: "b", tempoBpm: 600 });
+  try {
+    await a.start();
+    await b.start();
+    assert.equal(a.role, "leader");
+    assert.equal(b.role, "follower");
+    await waitFor(() => (b.lastBeat?.beat_index ?? -1) >= 2, 5000, "the follower sees beats");
+    const enc = new TextEncoder();
+    const junk = [
+      // Passes a loose check but not the schema: no window id, phase, deadline; absurd index.
+      { type: "backbeat.beatframe.v1", cluster_id: "malformed", beat_index: 1e12, tempo_bpm: 5 },
+      "not json",
+    ];
+    for (const j of junk) {
+      peer.publish(
+        "backbeat.malformed.beat",
+        enc.encode(typeof j === "string" ? j : JSON.stringify(j)),
+      );
+    }
+    await peer.flush();
+    await waitFor(() => b.metrics().framesRejected === 2, 5000, "both frames rejected");
+    assert.ok(b.lastBeat!.beat_index < 1e6, `follower took beat ${b.lastBeat!.beat_index}`);
+    // The leader hands over; the follower continues the real timeline, not the junk.
+    const last = a.lastBeat!.beat_index;
+    await a.stop();
+    await waitFor(() => b.role === "leader" && b.metrics().beatsPublished >= 2, 5000, "takeover");
+    const next = b.lastBeat!.beat_index;
+    assert.ok(next > last && next < last + 20, `continued at ${next} after ${last}`);
+    assert.equal(b.lastBeat!.tempo_bpm, 600);
+  } finally {
+    await a.stop();
+    await b.stop();
+    await Promise.all([busA.close(), busB.close(), peer.close()]);
   }
 });
