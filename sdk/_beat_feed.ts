@@ -72,7 +72,11 @@ export class BeatFeed {
     const reason = this.#check(message);
     if (typeof reason === "string") {
       this.rejected++;
-      for (const l of listeners) l.invalid(reason);
+      for (const l of listeners) {
+        try {
+          l.invalid(reason);
+        } catch { /* reported by the listener */ }
+      }
       return;
     }
     for (const l of listeners) {

@@ -904,6 +904,8 @@ export class Client extends EventTarget {
     if (bus.status === "closed") {
       throw new BackbeatError("closed", "Cannot emit claim: the bus is closed");
     }
+    // Claims left behind by a flush that failed go first, so order holds without a new event.
+    if (this.#buffer.length > 0 && bus.status === "connected") this.#flushBuffer();
     if (this.#buffer.length === 0 && bus.status === "connected") {
       try {
         bus.publish(this.#subjects.status, payload, { headers });

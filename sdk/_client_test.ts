@@ -382,6 +382,29 @@ Deno.test("claims wait in a bounded buffer while disconnected and flush in order
   await bus.close();
 });
 
+Deno.test("claims left buffered by a failed flush go out, in order, with the next claim", async () => {
+  const bus = new SwitchBus();
+  const sent: string[] = [];
+  bus.inner.subscribe(
+    subjects(CLUSTER).status,
+    (m) => sent.push(JSON.parse(dec.decode(m.data)).notes),
+  );
+  await using client = new Client(config(bus.inner, { bus }));
+  await client.start();
+  bus.set("disconnected");
+  await client.emitStatusClaim({ state: "executing", notes: "b0" });
+  await client.emitStatusClaim({ state: "executing", notes: "b1" });
+  bus.failPublishes = 1; // the link drops again during the flush on reconnect
+  bus.set("connected");
+  assert.equal(client.health().claimsBuffered, 2);
+  await client.emitStatusClaim({ state: "executing", notes: "after" });
+  await bus.flush();
+  assert.deepEqual(sent, ["b0", "b1", "after"]);
+  assert.equal(client.health().claimsBuffered, 0);
+  assert.equal(client.health().claimsSent, 3);
+  await bus.close();
+});
+
 Deno.test("stop() while disconnected counts buffered claims as dropped and reports them", async () => {
   const bus = new SwitchBus();
   const logger = quietLogger();

@@ -114,6 +114,8 @@ export class SwitchBus extends EventTarget implements Bus {
   readonly maxPayload: number = this.inner.maxPayload;
   #status: BusStatus = "connected";
   #reconnects = 0;
+  /** Publishes still to fail with a `connection` error although connected (a flapping link). */
+  failPublishes = 0;
 
   get status(): BusStatus {
     return this.#status;
@@ -133,7 +135,8 @@ export class SwitchBus extends EventTarget implements Bus {
   }
 
   publish(subject: string, data: Uint8Array, options?: PublishOptions): void {
-    if (this.#status !== "connected") {
+    if (this.#status !== "connected" || this.failPublishes > 0) {
+      if (this.failPublishes > 0) this.failPublishes--;
       throw new BackbeatError("connection", `Cannot publish on ${subject}: disconnected`);
     }
     this.inner.publish(subject, data, options);
