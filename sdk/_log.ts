@@ -42,6 +42,12 @@ export const silentLogger: Logger = {
  * @param text `debug`, `info`, `warn` or `error` (case-insensitive).
  * @returns The level.
  * @throws {TypeError} When the name is not a level.
+ *
+ * @example Read a flag value
+ * ```ts
+ * import { parseLogLevel } from "@chorus/backbeat/sdk";
+ * console.log(parseLogLevel("WARN")); // "warn"
+ * ```
  */
 export function parseLogLevel(text: string): LogLevel {
   const level = String(text).trim().toLowerCase();

@@ -11,6 +11,12 @@ const MANTISSAS = [1, 1.25, 1.6, 2, 2.5, 3.2, 4, 5, 6.3, 8];
  * @param fromExp Decade of the first bound (e.g. -6 for 1 µs in seconds).
  * @param toExp Decade of the last bound (inclusive, one bound only).
  * @returns Ascending bounds.
+ *
+ * @example Bounds from 1 ms to 1 s
+ * ```ts
+ * import { logBuckets } from "@chorus/backbeat/sdk";
+ * console.log(logBuckets(-3, 0).length); // 31
+ * ```
  */
 export function logBuckets(fromExp: number, toExp: number): number[] {
   const out: number[] = [];
@@ -132,6 +138,14 @@ export class Histogram {
  * @param q The quantile, 0 to 1.
  * @returns The estimate (0 when empty).
  * @throws {RangeError} When `q` is outside 0..1.
+ *
+ * @example The p99 of observed latencies
+ * ```ts
+ * import { Histogram, quantile } from "@chorus/backbeat/sdk";
+ * const h = new Histogram();
+ * for (let i = 1; i <= 100; i++) h.observe(i / 1000);
+ * console.log(quantile(h.snapshot(), 0.99) <= 0.1); // true
+ * ```
  */
 export function quantile(s: HistogramSnapshot, q: number): number {
   if (!(q >= 0 && q <= 1)) throw new RangeError(`Invalid quantile ${q}: expected 0 to 1`);

@@ -51,6 +51,12 @@ const PKCS8_PREFIX = new Uint8Array([
  *
  * @param bytes The bytes.
  * @returns Base64 with padding.
+ *
+ * @example Encode bytes
+ * ```ts
+ * import { encodeBase64 } from "@chorus/backbeat/sdk";
+ * console.log(encodeBase64(new TextEncoder().encode("hi"))); // "aGk="
+ * ```
  */
 export function encodeBase64(bytes: Uint8Array): string {
   let s = "";
@@ -66,6 +72,12 @@ export function encodeBase64(bytes: Uint8Array): string {
  * @param text Base64 text.
  * @returns The bytes.
  * @throws {TypeError} When the text is not base64.
+ *
+ * @example Round-trip bytes
+ * ```ts
+ * import { decodeBase64, encodeBase64 } from "@chorus/backbeat/sdk";
+ * console.log(decodeBase64(encodeBase64(new Uint8Array([1, 2, 3])))); // Uint8Array(3) [ 1, 2, 3 ]
+ * ```
  */
 export function decodeBase64(text: string): Uint8Array {
   try {
@@ -223,6 +235,14 @@ export async function signPayload(key: CryptoKey, payload: Uint8Array): Promise<
  * @param base64 The keyring's `public_key`.
  * @returns A WebCrypto verify key.
  * @throws {BackbeatError} `key` when it is not 32 bytes of base64.
+ *
+ * @example Import a keyring entry
+ * ```ts
+ * import { generateSigningKeyPair, importPublicKey } from "@chorus/backbeat/sdk";
+ * const pair = await generateSigningKeyPair();
+ * const key = await importPublicKey(pair.publicKey);
+ * console.log(key.algorithm.name); // "Ed25519"
+ * ```
  */
 export async function importPublicKey(base64: string): Promise<CryptoKey> {
   let raw: Uint8Array;
@@ -244,6 +264,15 @@ export async function importPublicKey(base64: string): Promise<CryptoKey> {
  * @param payload The exact bytes that were signed.
  * @param signature Standard base64 of the 64-byte signature.
  * @returns Whether the signature is valid.
+ *
+ * @example Verify a signed payload
+ * ```ts
+ * import { generateSigningKeyPair, importPublicKey, signPayload, verifyPayload } from "@chorus/backbeat/sdk";
+ * const pair = await generateSigningKeyPair();
+ * const payload = new TextEncoder().encode('{"state":"idle"}');
+ * const signature = await signPayload(pair.keyPair.privateKey, payload);
+ * console.log(await verifyPayload(await importPublicKey(pair.publicKey), payload, signature)); // true
+ * ```
  */
 export async function verifyPayload(
   key: CryptoKey,
