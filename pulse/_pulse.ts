@@ -286,6 +286,7 @@ export class Pulse extends EventTarget {
   readonly #ownsBus: boolean;
   readonly #clock: Clock;
   readonly #spinToDue: boolean;
+  readonly #idleClock: Clock;
   readonly #logger: Logger;
   readonly #hlc: HybridLogicalClock;
   readonly #options: PulseOptions;
@@ -371,6 +372,8 @@ export class Pulse extends EventTarget {
     this.#clock = options.clock ?? new SystemClock({ spinMs: DEFAULT_PULSE_SPIN_MS });
     // Only a clock that moves by itself can be spun on; a ManualClock gets exact timers instead.
     this.#spinToDue = this.#clock instanceof SystemClock;
+    // Housekeeping timers must not spin: a spin there could hold up a beat's wake-up.
+    this.#idleClock = this.#spinToDue ? new SystemClock() : this.#clock;
     if (options.originTime !== undefined && !Number.isFinite(options.originTime)) {
       throw new RangeError(`Invalid originTime ${options.originTime}: expected a finite number`);
     }
@@ -921,7 +924,7 @@ export class Pulse extends EventTarget {
 
   #scheduleStateWrite(): void {
     this.#stateTimer?.();
-    this.#stateTimer = this.#clock.schedule(this.#clock.now() + this.#stateEveryMs, () => {
+    this.#stateTimer = this.#idleClock.schedule(this.#clock.now() + this.#stateEveryMs, () => {
       this.#stateTimer = undefined;
       if (this.#role !== "leader") return;
       if (this.#next - 1 !== this.#stateWrittenBeat) this.#stateDirty = true;
