@@ -2,6 +2,7 @@ import { type Bus, type BusMessage, type BusSubscription, InMemoryBus } from "..
 import type { NatsBusLike } from "../sdk/_bus.ts";
 import { type Clock, SystemClock } from "../sdk/_clock.ts";
 import { BackbeatError } from "../sdk/_errors.ts";
+import { IsolatedEventTarget } from "../sdk/_events.ts";
 import { HybridLogicalClock } from "../sdk/_hlc.ts";
 import type { KvLease, LeaseEventDetail } from "../sdk/_lease.ts";
 import type { Logger } from "../sdk/_log.ts";
@@ -276,7 +277,7 @@ function randomHex(bytes: number): string {
  * await new Promise((r) => setTimeout(r, 250));
  * ```
  */
-export class Pulse extends EventTarget {
+export class Pulse extends IsolatedEventTarget {
   /** This pulse's id. */
   readonly id: string;
   /** The cluster. */
@@ -768,6 +769,16 @@ export class Pulse extends EventTarget {
     this.#prepared = undefined;
     this.#stateTimer?.();
     this.#stateTimer = undefined;
+  }
+
+  /**
+   * Logs what a listener threw; the pulse keeps beating.
+   *
+   * @param type The event type whose listener threw.
+   * @param error What it threw.
+   */
+  protected override onListenerError(type: string, error: unknown): void {
+    this.#logger.error("event listener threw", { event: type, error: String(error) });
   }
 
   // --- the beat loop ---

@@ -361,3 +361,33 @@ Deno.test("24 simulated hours at 1,000 BPM accumulate zero drift", async () => {
   await pulse.stop();
   await bus.close();
 });
+
+Deno.test("a throwing beat listener is logged and the pulse keeps beating", async () => {
+  const clock = new ManualClock(1_700_000_000_000);
+  const bus = new InMemoryBus();
+  const logged: string[] = [];
+  const logger = {
+    debug() {},
+    info() {},
+    warn() {},
+    error(msg: string) {
+      logged.push(msg);
+    },
+  };
+  const pulse = new Pulse({ clusterId: "dev", bus, clock, tempoBpm: 600, logger } as PulseOptions);
+  let beats = 0;
+  pulse.addEventListener("beat", () => {
+    beats++;
+    throw new Error("listener bug");
+  });
+  await pulse.start();
+  for (let i = 0; i < 5; i++) {
+    await clock.advance(100);
+    await pulse.settled();
+  }
+  assert.ok(beats >= 4, `only ${beats} beats`);
+  assert.equal(pulse.listenerErrors, beats);
+  assert.ok(logged.includes("event listener threw"));
+  await pulse.stop();
+  await bus.close();
+});

@@ -6,6 +6,7 @@ import type { NatsConnection } from "@nats-io/nats-core";
 import type { NatsBusLike } from "./_bus.ts";
 import { type Clock, SystemClock } from "./_clock.ts";
 import { BackbeatError } from "./_errors.ts";
+import { IsolatedEventTarget } from "./_events.ts";
 import { assertClusterId } from "./_subjects.ts";
 
 /** Default for {@linkcode KvLeaseOptions.key}. */
@@ -151,7 +152,7 @@ function randomId(): string {
  * await bus.close();
  * ```
  */
-export class KvLease extends EventTarget {
+export class KvLease extends IsolatedEventTarget {
   /** The bucket. */
   readonly bucket: string;
   /** The lease key. */

@@ -125,6 +125,7 @@ export {
   type NatsConnectionOptions,
 } from "./_config.ts";
 export type { ClientHealth, HealthError, LatencyStats } from "./_health.ts";
+export { IsolatedEventTarget } from "./_events.ts";
 export {
   type Clock,
   DEFAULT_SPIN_MS,
