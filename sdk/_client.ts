@@ -17,6 +17,7 @@ import {
 } from "./_config.ts";
 import { rememberWindowId, SyntheticBeats, windowIdCached } from "./_degrade.ts";
 import { BackbeatError, InvalidMessageError } from "./_errors.ts";
+import { IsolatedEventTarget } from "./_events.ts";
 import { type ClientHealth, ErrorRing, LatencyWindow } from "./_health.ts";
 import { HybridLogicalClock } from "./_hlc.ts";
 import { type BeatFrame, CLAIM_STATES, type ClaimState, type StatusClaim } from "./_messages.ts";
@@ -156,7 +157,7 @@ function checkInt(value: number, what: string, min: number, max: number): void {
  * console.log(client.health().connected); // true
  * ```
  */
-export class Client extends EventTarget {
+export class Client extends IsolatedEventTarget {
   /** The cluster followed. */
   readonly clusterId: string;
   /** This agent's id. */
@@ -179,10 +180,9 @@ export class Client extends EventTarget {
   readonly #latency: LatencyWindow;
   readonly #errors: ErrorRing;
   readonly #hlc: HybridLogicalClock;
-  readonly #wrapped = new WeakMap<object, Map<string, EventListener>>();
   // Listeners per event type, so a beat with no `beat` listener skips building an event. A
   // `once` listener stays counted after it fires: an extra dispatch is harmless, a missed one not.
-  readonly #listening = new Map<string, Set<EventListener>>();
+  readonly #listening = new Map<string, Set<EventListenerOrEventListenerObject>>();
 
   #state: ClientState = "idle";
   #starting: Promise<void> | undefined;
@@ -1031,11 +1031,10 @@ export class Client extends EventTarget {
     options?: boolean | AddEventListenerOptions,
   ): void {
     if (listener === null) return;
-    const wrapped = this.#wrap(type, listener, options, true)!;
+    super.addEventListener(type, listener, options);
     let set = this.#listening.get(type);
     if (!set) this.#listening.set(type, set = new Set());
-    set.add(wrapped);
-    super.addEventListener(type, wrapped, options);
+    set.add(listener);
   }
 
   /**
@@ -1051,44 +1050,25 @@ export class Client extends EventTarget {
     options?: boolean | EventListenerOptions,
   ): void {
     if (listener === null) return;
-    const wrapped = this.#wrap(type, listener, options, false);
-    if (!wrapped) return;
-    super.removeEventListener(type, wrapped, options);
-    this.#listening.get(type)?.delete(wrapped);
+    super.removeEventListener(type, listener, options);
+    this.#listening.get(type)?.delete(listener);
   }
 
-  #wrap(
-    type: string,
-    listener: EventListenerOrEventListenerObject,
-    options: boolean | EventListenerOptions | undefined,
-    create: boolean,
-  ): EventListener | undefined {
-    const capture = typeof options === "boolean" ? options : options?.capture ?? false;
-    const key = `${capture}:${type}`;
-    let byKey = this.#wrapped.get(listener);
-    let wrapped = byKey?.get(key);
-    if (wrapped || !create) return wrapped;
-    wrapped = (event: Event) => {
-      try {
-        if (typeof listener === "function") listener.call(this, event);
-        else listener.handleEvent(event);
-      } catch (error) {
-        this.#callbackErrors++;
-        const message = `Event listener for ${type} failed: ${
-          error instanceof Error ? error.message : error
-        }`;
-        // An `error` listener that throws is logged only, so errors cannot loop.
-        if (type === "error") {
-          this.#errors.push({ at: this.#clock.now(), kind: "callback", message });
-          this.#logger.warn(`[backbeat] ${message}`);
-        } else this.#report("callback", message, error);
-      }
-    };
-    if (!byKey) {
-      byKey = new Map();
-      this.#wrapped.set(listener, byKey);
-    }
-    byKey.set(key, wrapped);
-    return wrapped;
+  /**
+   * Counts what a listener threw and reports it as an `error` event (one from an `error`
+   * listener is only logged, so errors cannot loop).
+   *
+   * @param type The event type whose listener threw.
+   * @param error What it threw.
+   */
+  protected override onListenerError(type: string, error: unknown): void {
+    this.#callbackErrors++;
+    const message = `Event listener for ${type} failed: ${
+      error instanceof Error ? error.message : error
+    }`;
+    if (type === "error") {
+      this.#errors.push({ at: this.#clock.now(), kind: "callback", message });
+      this.#logger.warn(`[backbeat] ${message}`);
+    } else this.#report("callback", message, error);
   }
 }
