@@ -129,6 +129,32 @@ Deno.test("ClaimIntake with requireSignatures rejects unsigned claims and accept
   assert.equal(h.intake.verifyTime.count, 2);
 });
 
+Deno.test("ClaimIntake accepts standard and URL-safe base64 signatures and rejects malformed ones", async () => {
+  const { a, ring } = await keys();
+  const h = harness(ring, { requireSignatures: true });
+  const signed = async (logical: number, edit: (sig: string) => string) => {
+    const m = await signedMessage(
+      makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, logical) }),
+      a.keyPair.privateKey,
+      "ka",
+    );
+    return { ...m, headers: { ...m.headers, "x-signature": edit(m.headers!["x-signature"]) } };
+  };
+  const urlSafe = (s: string) => s.replace(/\+/g, "-").replace(/\//g, "_");
+  h.intake.handle(await signed(1, (s) => s));
+  h.intake.handle(await signed(2, urlSafe));
+  h.intake.handle(await signed(3, (s) => urlSafe(s).replace(/=+$/, "")));
+  h.intake.handle(await signed(4, (s) => `${s.slice(0, 80)}!!!!!!==`));
+  h.intake.handle(await signed(5, (s) => s.slice(0, 44)));
+  h.intake.handle(await signed(6, () => ""));
+  // A valid signature over other bytes: the sixty-four bytes decode, the check fails.
+  h.intake.handle(await signed(7, (s) => `${s[0] === "A" ? "B" : "A"}${s.slice(1)}`));
+  await h.intake.idle();
+  assert.deepEqual(h.accepted.map((x) => x.claim.hlc), [hlcAt(T0, 1), hlcAt(T0, 2), hlcAt(T0, 3)]);
+  assert.equal(h.intake.stats.rejected.bad_signature, 4);
+  assert.deepEqual(h.rejected.map((x) => x.agentId), Array(4).fill("agent-a"));
+});
+
 Deno.test("ClaimIntake rejects a claim signed with a key outside its validity period", async () => {
   const a = await generateSigningKeyPair();
   const ring = await Keyring.fromJson({
