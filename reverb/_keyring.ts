@@ -3,6 +3,7 @@
 // good keyring. Imported CryptoKeys are cached by public key so a reload re-imports only new keys.
 
 import { BackbeatError } from "../sdk/_errors.ts";
+import { IsolatedEventTarget } from "../sdk/_events.ts";
 import { decodeBase64 } from "../sdk/_signing.ts";
 
 /** One key as written in the keyring file. */
@@ -295,7 +296,7 @@ export interface KeyringWatcherOptions {
  * watcher.close();
  * ```
  */
-export class KeyringWatcher extends EventTarget {
+export class KeyringWatcher extends IsolatedEventTarget {
   /** The file watched. */
   readonly path: string;
   #current: Keyring = Keyring.EMPTY;

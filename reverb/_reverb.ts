@@ -7,6 +7,7 @@ import type { Bus, BusMessage, BusSubscription, NatsBusLike } from "../sdk/_bus.
 import { InMemoryBus } from "../sdk/_bus.ts";
 import { type Clock, SystemClock } from "../sdk/_clock.ts";
 import { BackbeatError } from "../sdk/_errors.ts";
+import { IsolatedEventTarget } from "../sdk/_events.ts";
 import { type Logger, silentLogger } from "../sdk/_log.ts";
 import type { BarReport, BeatFrame } from "../sdk/_messages.ts";
 import { PrometheusWriter } from "../sdk/_metrics.ts";
@@ -231,7 +232,7 @@ function isNatsBus(bus: Bus): bus is NatsBusLike {
  * await bus.close();
  * ```
  */
-export class Reverb extends EventTarget {
+export class Reverb extends IsolatedEventTarget {
   /** The cluster. */
   readonly clusterId: string;
   /** This instance's id. */
@@ -334,6 +335,16 @@ export class Reverb extends EventTarget {
         aggregator.rejectClaim(reason, agentId, arrival, key),
     });
     this.#summary = this.#makeSummary(0);
+  }
+
+  /**
+   * Logs what a listener threw; reverb keeps aggregating.
+   *
+   * @param type The event type whose listener threw.
+   * @param error What it threw.
+   */
+  protected override onListenerError(type: string, error: unknown): void {
+    this.#logger.error("event listener threw", { event: type, error: String(error) });
   }
 
   /** Whether this instance publishes reports now. */

@@ -1,4 +1,5 @@
 import { BackbeatError } from "./_errors.ts";
+import { IsolatedEventTarget } from "./_events.ts";
 
 /** Message headers: lowercase names to values. */
 export type BusHeaders = Readonly<Record<string, string>>;
@@ -173,7 +174,7 @@ class MemorySubscription implements BusSubscription {
  * await bus.close();
  * ```
  */
-export class InMemoryBus extends EventTarget implements Bus {
+export class InMemoryBus extends IsolatedEventTarget implements Bus {
   readonly maxPayload: number;
   readonly reconnects: number = 0;
   #maxPending: number;

@@ -2,6 +2,7 @@
 import { connect, headers as natsHeaders } from "@nats-io/transport-node";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { BackbeatError } from "./_errors.ts";
+import { IsolatedEventTarget } from "./_events.ts";
 import {
   assertSubject,
   type BusHandler,
@@ -62,7 +63,7 @@ function readHeaders(msg: Msg): BusHeaders | undefined {
 }
 
 /** A {@linkcode NatsBusLike} over nats.js (`@nats-io/transport-node`). */
-export class NatsBus extends EventTarget implements NatsBusLike {
+export class NatsBus extends IsolatedEventTarget implements NatsBusLike {
   readonly connection: NatsConnection;
   readonly url: string;
   /** Slow-consumer drops per subscription, as reported by nats.js. */
