@@ -40,6 +40,8 @@ const MAX_CONTROL_BYTES = 4096;
 // On a real clock the beat's timer fires this early: the HLC stamp and the encoding (tens of µs
 // on a cold CPU) happen before the due time, and only the publish itself is left after it.
 const PREP_LEAD_MS = 0.3;
+// Lease work due this close to a beat waits until the beat is published.
+const QUIET_GUARD_MS = 4;
 const PLACEHOLDER_HLC = "0000:0000:0000";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -288,6 +290,11 @@ export class Pulse extends IsolatedEventTarget {
   readonly #clock: Clock;
   readonly #spinToDue: boolean;
   readonly #idleClock: Clock;
+  // Lease timers run through this clock: work that would land just before a beat's wake-up
+  // waits until the beat is out (a KV round trip on the event loop costs ~1 ms).
+  readonly #leaseClock: Clock;
+  #nextDue = -Infinity;
+  #afterBeat: (() => void)[] = [];
   readonly #logger: Logger;
   readonly #hlc: HybridLogicalClock;
   readonly #options: PulseOptions;
@@ -375,6 +382,12 @@ export class Pulse extends IsolatedEventTarget {
     this.#spinToDue = this.#clock instanceof SystemClock;
     // Housekeeping timers must not spin: a spin there could hold up a beat's wake-up.
     this.#idleClock = this.#spinToDue ? new SystemClock() : this.#clock;
+    this.#leaseClock = this.#spinToDue
+      ? {
+        now: () => this.#idleClock.now(),
+        schedule: (at, fn) => this.#idleClock.schedule(at, () => this.#whenQuiet(fn)),
+      }
+      : this.#clock;
     if (options.originTime !== undefined && !Number.isFinite(options.originTime)) {
       throw new RangeError(`Invalid originTime ${options.originTime}: expected a finite number`);
     }
@@ -589,6 +602,7 @@ export class Pulse extends IsolatedEventTarget {
         ttlMs: ttl,
         renewIntervalMs: this.#options.leaseRenewIntervalMs,
         checkIntervalMs: this.#options.leaseCheckIntervalMs,
+        clock: this.#leaseClock,
       });
       if (this.#stopped) {
         await lease.release();
@@ -769,6 +783,27 @@ export class Pulse extends IsolatedEventTarget {
     this.#prepared = undefined;
     this.#stateTimer?.();
     this.#stateTimer = undefined;
+    this.#nextDue = -Infinity;
+    this.#runAfterBeat();
+  }
+
+  // Runs fn now, unless the leader's next beat is due within QUIET_GUARD_MS: then right after it.
+  #whenQuiet(fn: () => void): void {
+    const left = this.#nextDue - this.#clock.now();
+    if (this.#role === "leader" && left > -1 && left < QUIET_GUARD_MS) {
+      // A beat that cannot go out on time must not hold the lease's work back for long.
+      if (this.#afterBeat.length === 0) {
+        this.#idleClock.schedule(this.#nextDue + QUIET_GUARD_MS, () => this.#runAfterBeat());
+      }
+      this.#afterBeat.push(fn);
+    } else fn();
+  }
+
+  #runAfterBeat(): void {
+    const queued = this.#afterBeat;
+    if (queued.length === 0) return;
+    this.#afterBeat = [];
+    for (const fn of queued) fn();
   }
 
   /**
@@ -800,6 +835,7 @@ export class Pulse extends IsolatedEventTarget {
       }
     }
     const at = this.#spinToDue ? due - PREP_LEAD_MS : due;
+    this.#nextDue = due;
     this.#cancelBeat = this.#clock.schedule(at, () => this.#fire(n, due));
     this.#prepareFrame(n);
   }
@@ -861,6 +897,7 @@ export class Pulse extends IsolatedEventTarget {
     }
     this.#next = n + 1;
     this.#arm();
+    this.#runAfterBeat();
     this.dispatchEvent(new CustomEvent<BeatFrame>("beat", { detail: frame }));
   }
 
