@@ -8,17 +8,10 @@ const manifest: { valid: Record<string, string>; invalid: Record<string, unknown
   await Deno.readTextFile(new URL("manifest.jsonc", EXAMPLES)),
 );
 
-const FRAME = {
-  type: "backbeat.beatframe.v1",
-  cluster_id: "chorus-prod",
-  beat_index: 1337,
-  downbeat: false,
-  phase: "execute",
-  hlc: "7ffd:0001:abcd",
-  deadline_at: "2025-09-05T12:30:00Z",
-  tempo_bpm: 2.0,
-  window_id: "7e9b0e6c4c9a4e59b7f2d9a3c1b2e4d5",
-};
+// The contract README's BeatFrame, kept verbatim among the valid examples.
+const FRAME = JSON.parse(
+  await Deno.readTextFile(new URL("valid/beatframe-readme.json", EXAMPLES)),
+);
 
 interface Run {
   code: number;
