@@ -333,6 +333,9 @@ export class BarAggregator {
    */
   observeBeat(frame: BeatFrame, arrival: number): BeatObservation | undefined {
     if (this.#stopped || frame.cluster_id !== this.#clusterId) return undefined;
+    // The schema's date-time admits instants Date.parse cannot read (a leap second): such a
+    // frame would make the drift NaN and the window's report invalid, so it is ignored.
+    if (!Number.isFinite(parseInstant(frame.deadline_at))) return undefined;
     const beat = frame.beat_index;
     if (this.#lastBeat !== undefined && beat <= this.#lastBeat.beat_index) {
       this.#staleFrames++;
@@ -476,7 +479,12 @@ export class BarAggregator {
     rec.keyId = key?.keyId;
     rec.silentBars = 0;
     const state = claim.state;
-    const win = this.#windowForClaim(claim.beat_index, arrival);
+    let win = this.#windowForClaim(claim.beat_index, arrival);
+    // Per-window tallies are bounded like the agent records: beyond maxAgents distinct agents in
+    // one window, newcomers update their record only.
+    if (win !== undefined && win.agents.size >= this.#maxAgents && !win.agents.has(id)) {
+      win = undefined;
+    }
     if (win === undefined) {
       if (state === "helping") rec.helping = true;
       else if (state === "completed") rec.helping = false;
@@ -799,19 +807,23 @@ export class BarAggregator {
     const info: WindowInfo = { bar, windowEnd, closeAt, beatsObserved: beats };
     const knownId = win?.id;
     this.#chain = this.#chain.then(async () => {
-      const report: BarReport = {
-        type: "backbeat.barreport.v1",
-        window_id: knownId ?? await windowId(this.#clusterId, bar),
-        from_beat: bar,
-        to_beat: bar + bpb - 1,
-        agents_reporting: agentsReporting,
-        on_time_reviews: onTime,
-        help_promises_fulfilled: helped,
-        secret_rotations_ok: rotationsOk,
-        tempo_drift_ms: drift,
-        issues,
-      };
-      this.#onReport(report, info);
+      // A throwing onReport must neither break the chain for later windows nor become an
+      // unhandled rejection (which ends a Deno process).
+      try {
+        const report: BarReport = {
+          type: "backbeat.barreport.v1",
+          window_id: knownId ?? await windowId(this.#clusterId, bar),
+          from_beat: bar,
+          to_beat: bar + bpb - 1,
+          agents_reporting: agentsReporting,
+          on_time_reviews: onTime,
+          help_promises_fulfilled: helped,
+          secret_rotations_ok: rotationsOk,
+          tempo_drift_ms: drift,
+          issues,
+        };
+        this.#onReport(report, info);
+      } catch { /* the reporter's bug; later windows still report */ }
     });
   }
 }

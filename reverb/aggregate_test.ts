@@ -335,3 +335,43 @@ Deno.test("BarAggregator follows a restarted timeline after two bars of lower be
   assert.deepEqual(h.reports.map((r) => r.from_beat), [100, 104, 108, 8]);
   h.agg.stop();
 });
+
+Deno.test("BarAggregator ignores a frame whose deadline_at cannot be read, so the report stays valid", async () => {
+  const h = harness();
+  for (let n = 0; n < 3; n++) await h.beat(n);
+  // A leap second passes the schema's date-time but not Date.parse.
+  const leap = { ...(await h.timeline.frame(CLUSTER, 3, "0000:0000:0000")) };
+  leap.deadline_at = "2030-06-30T23:59:60Z";
+  assert.equal(validator.validateMessage(leap).valid, true, "the schema admits it");
+  await h.to(h.timeline.dueAt(3));
+  assert.equal(h.agg.observeBeat(leap, h.clock.now()), undefined);
+  for (let n = 4; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 8_200);
+  assert.equal(h.reports[0].tempo_drift_ms, 0.4);
+  assert.equal(validator.validateMessage(h.reports[0]).valid, true);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator bounds the agents tallied in one window by maxAgents", async () => {
+  const h = harness({ maxAgents: 2 });
+  await h.beat(0);
+  for (const id of ["a", "b", "c", "d"]) h.claim({ agent_id: id });
+  for (let n = 1; n <= 4; n++) await h.beat(n);
+  await h.to(T0 + 4_200);
+  assert.equal(h.reports[0].agents_reporting, 2);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator keeps reporting after onReport throws", async () => {
+  let calls = 0;
+  const h = harness({
+    onReport: () => {
+      calls++;
+      throw new Error("reporter bug");
+    },
+  });
+  for (let n = 0; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 8_200);
+  assert.equal(calls, 2, "the second window is reported although the first onReport threw");
+  h.agg.stop();
+});
