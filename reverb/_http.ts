@@ -113,14 +113,21 @@ export function startHttpServer(reverb: Reverb, options: HttpServerOptions): Htt
       c.controller.close();
     } catch { /* already closed */ }
   };
+  const send = (c: SseClient, bytes: Uint8Array) => {
+    // A client that stopped reading is dropped rather than buffered without bound; a stream
+    // that can no longer take data is dropped too (a throw here would escape the keepalive
+    // timer and end the process).
+    if ((c.controller.desiredSize ?? 0) <= -MAX_SSE_BACKLOG) return drop(c);
+    try {
+      c.controller.enqueue(bytes);
+    } catch {
+      drop(c);
+    }
+  };
   const broadcast = (event: string, data: unknown) => {
     if (clients.size === 0) return;
     const bytes = encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-    for (const c of clients) {
-      // A client that stopped reading is dropped rather than buffered without bound.
-      if ((c.controller.desiredSize ?? 0) <= -MAX_SSE_BACKLOG) drop(c);
-      else c.controller.enqueue(bytes);
-    }
+    for (const c of clients) send(c, bytes);
   };
   const onBeat = (e: Event) => broadcast("beat", (e as CustomEvent).detail);
   const onReport = (e: Event) => broadcast("report", (e as CustomEvent).detail);
@@ -133,10 +140,7 @@ export function startHttpServer(reverb: Reverb, options: HttpServerOptions): Htt
   reverb.addEventListener("role", onStatus);
   const keepalive = setInterval(() => {
     const ping = encoder.encode(": keepalive\n\n");
-    for (const c of clients) {
-      if ((c.controller.desiredSize ?? 0) <= -MAX_SSE_BACKLOG) drop(c);
-      else c.controller.enqueue(ping);
-    }
+    for (const c of clients) send(c, ping);
   }, KEEPALIVE_MS);
 
   const events = (): Response => {

@@ -519,7 +519,12 @@ export class ClaimIntake {
     this.#remember(lane, canonical);
     this.#stats.accepted++;
     if (key !== undefined) this.#stats.signed++;
-    this.#onAccept(claim, arrival, key);
+    try {
+      this.#onAccept(claim, arrival, key);
+    } catch {
+      // Often called from a verification's promise or a worker's message, where a throw would
+      // end the process; the intake's contract is to never throw.
+    }
   }
 
   #remember(lane: Lane, hlc: string): void {
@@ -549,7 +554,9 @@ export class ClaimIntake {
     key?: KeyEntry,
   ): void {
     this.#stats.rejected[reason]++;
-    this.#onReject(reason, agentId, arrival, key);
+    try {
+      this.#onReject(reason, agentId, arrival, key);
+    } catch { /* as in #apply: never throw, least of all from a promise or worker callback */ }
   }
 }
 

@@ -12,6 +12,7 @@ import { type Logger, silentLogger } from "../sdk/_log.ts";
 import type { BarReport, BeatFrame } from "../sdk/_messages.ts";
 import { PrometheusWriter } from "../sdk/_metrics.ts";
 import { assertClusterId, type ClusterSubjects, subjects } from "../sdk/_subjects.ts";
+import { parseInstant } from "../sdk/_timeline.ts";
 import { defaultMessageValidator, type MessageValidator } from "../schemas/_validator.ts";
 import {
   type AgentView,
@@ -330,6 +331,8 @@ export class Reverb extends IsolatedEventTarget {
       verifyWorkers: options.verifyWorkers ?? DEFAULT_VERIFY_WORKERS,
       maxClaimAgeMs: () => this.#maxClaimAgeBeats * aggregator.periodMs,
       clock: this.#clock,
+      // Replay memory is kept for as many agents as the aggregator tracks (evictions free it).
+      maxTrackedAgents: options.maxAgents ?? DEFAULT_MAX_AGENTS,
       onAccept: (claim, arrival, key) => aggregator.acceptClaim(claim, arrival, key),
       onReject: (reason, agentId, arrival, key) =>
         aggregator.rejectClaim(reason, agentId, arrival, key),
@@ -531,7 +534,11 @@ export class Reverb extends IsolatedEventTarget {
       return;
     }
     const r = this.#validator.validateMessage(frame);
-    if (!r.valid || r.type !== "backbeat.beatframe.v1") {
+    if (
+      !r.valid || r.type !== "backbeat.beatframe.v1" ||
+      // The schema's date-time admits instants Date.parse cannot read (a leap second).
+      !Number.isFinite(parseInstant((frame as BeatFrame).deadline_at))
+    ) {
       this.#framesInvalid++;
       return;
     }

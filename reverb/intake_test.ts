@@ -289,3 +289,29 @@ Deno.test("ClaimIntake verifies in worker threads with the same results and per-
     await h.intake.close();
   }
 });
+
+Deno.test("ClaimIntake survives throwing callbacks, also after an asynchronous verification", async () => {
+  const { a, ring } = await keys();
+  let accepts = 0;
+  let rejects = 0;
+  const h = harness(ring, {
+    onAccept: () => {
+      accepts++;
+      throw new Error("aggregator bug");
+    },
+    onReject: () => {
+      rejects++;
+      throw new Error("aggregator bug");
+    },
+  });
+  h.intake.handle(claimMessage(makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 0) })));
+  h.intake.handle(claimMessage("not a claim"));
+  // Verified in a promise: a throw there would be an unhandled rejection ending the test run.
+  const claim = makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 1) });
+  h.intake.handle(await signedMessage(claim, a.keyPair.privateKey, "ka"));
+  await h.intake.idle();
+  await new Promise((r) => setTimeout(r, 0));
+  assert.equal(accepts, 2);
+  assert.equal(rejects, 1);
+  assert.equal(h.intake.stats.accepted, 2);
+});
