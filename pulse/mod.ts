@@ -72,6 +72,7 @@ export type {
   BusSubscription,
   Clock,
   HistogramSnapshot,
+  IsolatedEventTarget,
   LogFields,
   Logger,
   LogLevel,

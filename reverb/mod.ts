@@ -115,6 +115,7 @@ export type {
   BusSubscription,
   ClaimState,
   Clock,
+  IsolatedEventTarget,
   IssueKind,
   LogFields,
   Logger,
