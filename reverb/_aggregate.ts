@@ -151,7 +151,6 @@ interface RejectTally {
 
 interface Window {
   bar: number;
-  id: string | undefined;
   agents: Map<string, number>;
   // Problem details, only for agents that have one.
   notes: Map<string, string>;
@@ -432,7 +431,6 @@ export class BarAggregator {
     this.#lastBeat = obs;
     const win = this.#window(beat - pos);
     if (win !== undefined) {
-      win.id = frame.window_id;
       win.driftSum += arrival - due;
       win.beats++;
     }
@@ -627,7 +625,6 @@ export class BarAggregator {
       if (this.#windows.size >= MAX_OPEN_WINDOWS) return undefined;
       win = {
         bar,
-        id: undefined,
         agents: new Map(),
         notes: new Map(),
         keys: new Set(),
@@ -805,14 +802,15 @@ export class BarAggregator {
       silent,
     ]);
     const info: WindowInfo = { bar, windowEnd, closeAt, beatsObserved: beats };
-    const knownId = win?.id;
     this.#chain = this.#chain.then(async () => {
       // A throwing onReport must neither break the chain for later windows nor become an
       // unhandled rejection (which ends a Deno process).
       try {
         const report: BarReport = {
           type: "backbeat.barreport.v1",
-          window_id: knownId ?? await windowId(this.#clusterId, bar),
+          // Derived, never copied from a frame: whoever can publish on the beat subject must not
+          // choose the id reports (and their history) are keyed by.
+          window_id: await windowId(this.#clusterId, bar),
           from_beat: bar,
           to_beat: bar + bpb - 1,
           agents_reporting: agentsReporting,

@@ -375,3 +375,17 @@ Deno.test("BarAggregator keeps reporting after onReport throws", async () => {
   assert.equal(calls, 2, "the second window is reported although the first onReport threw");
   h.agg.stop();
 });
+
+Deno.test("BarAggregator derives each report's window_id; a frame cannot choose it", async () => {
+  const h = harness();
+  const forged = "f".repeat(32);
+  for (let n = 0; n < 5; n++) {
+    const frame = { ...await h.timeline.frame(CLUSTER, n, "0000:0000:0000"), window_id: forged };
+    await h.to(h.timeline.dueAt(n) + 0.4);
+    h.agg.observeBeat(frame, h.clock.now());
+  }
+  await h.to(T0 + 4_200);
+  assert.equal(h.reports.length, 1);
+  assert.equal(h.reports[0].window_id, await windowId(CLUSTER, 0));
+  h.agg.stop();
+});
