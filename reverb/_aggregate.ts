@@ -151,6 +151,8 @@ interface RejectTally {
 
 interface Window {
   bar: number;
+  // Derived when the window opens, so the report does not wait on a digest at close.
+  id: string | undefined;
   agents: Map<string, number>;
   // Problem details, only for agents that have one.
   notes: Map<string, string>;
@@ -625,6 +627,7 @@ export class BarAggregator {
       if (this.#windows.size >= MAX_OPEN_WINDOWS) return undefined;
       win = {
         bar,
+        id: undefined,
         agents: new Map(),
         notes: new Map(),
         keys: new Set(),
@@ -633,6 +636,8 @@ export class BarAggregator {
         driftSum: 0,
         beats: 0,
       };
+      const opened = win;
+      windowId(this.#clusterId, bar).then((id) => opened.id = id, () => {});
       this.#windows.set(bar, win);
     }
     return win;
@@ -802,6 +807,7 @@ export class BarAggregator {
       silent,
     ]);
     const info: WindowInfo = { bar, windowEnd, closeAt, beatsObserved: beats };
+    const id = win?.id;
     this.#chain = this.#chain.then(async () => {
       // A throwing onReport must neither break the chain for later windows nor become an
       // unhandled rejection (which ends a Deno process).
@@ -810,7 +816,7 @@ export class BarAggregator {
           type: "backbeat.barreport.v1",
           // Derived, never copied from a frame: whoever can publish on the beat subject must not
           // choose the id reports (and their history) are keyed by.
-          window_id: await windowId(this.#clusterId, bar),
+          window_id: id ?? await windowId(this.#clusterId, bar),
           from_beat: bar,
           to_beat: bar + bpb - 1,
           agents_reporting: agentsReporting,
