@@ -496,19 +496,11 @@ export class BarAggregator {
         rec.helping = true;
         break;
       case "failed":
-        flags |= FAILED;
-        win.notes.set(
-          id,
-          `reported failed on task ${claim.task_id} at beat ${claim.beat_index}${
-            claim.notes ? `: ${claim.notes}` : ""
-          }`,
-        );
-        break;
       case "blocked":
-        flags |= BLOCKED;
+        flags |= state === "failed" ? FAILED : BLOCKED;
         win.notes.set(
           id,
-          `reported blocked on task ${claim.task_id} at beat ${claim.beat_index}${
+          `reported ${state} on task ${claim.task_id} at beat ${claim.beat_index}${
             claim.notes ? `: ${claim.notes}` : ""
           }`,
         );
