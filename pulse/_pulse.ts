@@ -18,8 +18,7 @@ import {
   type TimelineJson,
 } from "../sdk/_timeline.ts";
 import { windowId } from "../sdk/_window_id.ts";
-import { MAX_FRAME_BYTES } from "../sdk/_beat_feed.ts";
-import { defaultMessageValidator } from "../schemas/mod.ts";
+import { decodeBeatFrame } from "../sdk/_beat_feed.ts";
 
 /** Default for {@linkcode PulseOptions.clock}'s spin: wake 1.5 ms early and spin to the due time. */
 export const DEFAULT_PULSE_SPIN_MS = 1.5;
@@ -1025,19 +1024,9 @@ export class Pulse extends IsolatedEventTarget {
 
   #onBeat(msg: BusMessage): void {
     if (msg.headers?.["x-pulse-id"] === this.id) return;
-    let frame: BeatFrame;
-    try {
-      if (msg.data.byteLength > MAX_FRAME_BYTES) throw new RangeError("frame too large");
-      frame = JSON.parse(decoder.decode(msg.data));
-    } catch {
-      this.#framesRejected++;
-      return;
-    }
     // Schema-checked like the SDK does: a bad frame must not seed a successor's timeline.
-    if (
-      !defaultMessageValidator().validateMessage(frame).valid ||
-      frame.type !== "backbeat.beatframe.v1" || frame.cluster_id !== this.clusterId
-    ) {
+    const frame = decodeBeatFrame(msg.data, this.clusterId);
+    if (typeof frame === "string") {
       this.#framesRejected++;
       return;
     }

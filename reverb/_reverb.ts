@@ -5,11 +5,12 @@
 
 import type { Bus, BusMessage, BusSubscription, NatsBusLike } from "../sdk/_bus.ts";
 import { InMemoryBus } from "../sdk/_bus.ts";
+import { decodeBeatFrame } from "../sdk/_beat_feed.ts";
 import { type Clock, SystemClock } from "../sdk/_clock.ts";
 import { BackbeatError } from "../sdk/_errors.ts";
 import { IsolatedEventTarget } from "../sdk/_events.ts";
 import { type Logger, silentLogger } from "../sdk/_log.ts";
-import type { BarReport, BeatFrame } from "../sdk/_messages.ts";
+import type { BarReport } from "../sdk/_messages.ts";
 import { PrometheusWriter } from "../sdk/_metrics.ts";
 import { assertClusterId, type ClusterSubjects, subjects } from "../sdk/_subjects.ts";
 import { parseInstant } from "../sdk/_timeline.ts";
@@ -56,8 +57,8 @@ export const DEFAULT_SUMMARY_INTERVAL_MS = 500;
 const MAX_SHADOW_REPORTS = 16;
 /** Wait before trying an unavailable history stream again. */
 const STREAM_RETRY_MS = 5_000;
-/** Largest beat frame or bar report read from the bus. */
-const MAX_FRAME_BYTES = 65_536;
+/** Largest bar report read from the bus. */
+const MAX_REPORT_BYTES = 65_536;
 
 /** Options of {@linkcode Reverb}. */
 export interface ReverbOptions {
@@ -525,24 +526,13 @@ export class Reverb extends IsolatedEventTarget {
 
   #onBeatMessage(m: BusMessage): void {
     const arrival = this.#clock.now();
-    let frame: unknown;
-    try {
-      if (m.data.byteLength > MAX_FRAME_BYTES) throw new RangeError("frame too large");
-      frame = JSON.parse(decoder.decode(m.data));
-    } catch {
+    const frame = decodeBeatFrame(m.data, this.clusterId, this.#validator);
+    // The schema's date-time admits instants Date.parse cannot read (a leap second).
+    if (typeof frame === "string" || !Number.isFinite(parseInstant(frame.deadline_at))) {
       this.#framesInvalid++;
       return;
     }
-    const r = this.#validator.validateMessage(frame);
-    if (
-      !r.valid || r.type !== "backbeat.beatframe.v1" ||
-      // The schema's date-time admits instants Date.parse cannot read (a leap second).
-      !Number.isFinite(parseInstant((frame as BeatFrame).deadline_at))
-    ) {
-      this.#framesInvalid++;
-      return;
-    }
-    const obs = this.#aggregator.observeBeat(frame as BeatFrame, arrival);
+    const obs = this.#aggregator.observeBeat(frame, arrival);
     if (obs === undefined) return;
     this.#beats++;
     this.dispatchEvent(new CustomEvent("beat", { detail: obs }));
@@ -551,7 +541,7 @@ export class Reverb extends IsolatedEventTarget {
   #onBarMessage(m: BusMessage): void {
     let report: unknown;
     try {
-      if (m.data.byteLength > MAX_FRAME_BYTES) throw new RangeError("report too large");
+      if (m.data.byteLength > MAX_REPORT_BYTES) throw new RangeError("report too large");
       report = JSON.parse(decoder.decode(m.data));
     } catch {
       this.#barsInvalid++;

@@ -4,7 +4,7 @@
 import type { Bus, BusHeaders, BusMessage, BusSubscription } from "./_bus.ts";
 import type { BeatFrame } from "./_messages.ts";
 import { subjects } from "./_subjects.ts";
-import { defaultMessageValidator } from "../schemas/mod.ts";
+import { defaultMessageValidator, type MessageValidator } from "../schemas/mod.ts";
 
 /** Largest frame accepted; real frames are a few hundred bytes. */
 export const MAX_FRAME_BYTES = 16_384;
@@ -28,6 +28,43 @@ export interface FeedListener {
 }
 
 const decoder = new TextDecoder();
+
+/**
+ * Decodes a message from a cluster's beat subject: size cap, JSON, schema, type and cluster.
+ * The SDK's feed, pulse's followers and reverb all read frames through this one gate.
+ *
+ * @param data The payload bytes.
+ * @param clusterId The cluster whose subject it came from.
+ * @param validator The validator to use. @default {defaultMessageValidator()}
+ * @returns The frame, or a sentence saying why it is not one.
+ */
+export function decodeBeatFrame(
+  data: Uint8Array,
+  clusterId: string,
+  validator: MessageValidator = defaultMessageValidator(),
+): BeatFrame | string {
+  if (data.byteLength > MAX_FRAME_BYTES) {
+    return `frame of ${data.byteLength} bytes exceeds ${MAX_FRAME_BYTES}`;
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(decoder.decode(data));
+  } catch (error) {
+    return `frame is not JSON: ${(error as Error).message}`;
+  }
+  const result = validator.validateMessage(value);
+  if (!result.valid) {
+    return `frame is invalid: ${result.errors.map((e) => e.message).join("; ")}`;
+  }
+  const frame = value as BeatFrame;
+  if (frame.type !== "backbeat.beatframe.v1") {
+    return `message of type ${frame.type} on the beat subject`;
+  }
+  if (frame.cluster_id !== clusterId) {
+    return `frame of cluster ${frame.cluster_id} on the beat subject of ${clusterId}`;
+  }
+  return frame;
+}
 
 /** The shared subscription of one (bus, cluster). Exported for tests. */
 export class BeatFeed {
@@ -89,27 +126,9 @@ export class BeatFeed {
   }
 
   #check(message: BusMessage): FeedFrame | string {
-    if (message.data.byteLength > MAX_FRAME_BYTES) {
-      return `frame of ${message.data.byteLength} bytes exceeds ${MAX_FRAME_BYTES}`;
-    }
-    let value: unknown;
-    try {
-      value = JSON.parse(decoder.decode(message.data));
-    } catch (error) {
-      return `frame is not JSON: ${(error as Error).message}`;
-    }
     this.parsed++;
-    const result = defaultMessageValidator().validateMessage(value);
-    if (!result.valid) {
-      return `frame is invalid: ${result.errors.map((e) => e.message).join("; ")}`;
-    }
-    const frame = value as BeatFrame;
-    if (frame.type !== "backbeat.beatframe.v1") {
-      return `message of type ${frame.type} on the beat subject`;
-    }
-    if (frame.cluster_id !== this.clusterId) {
-      return `frame of cluster ${frame.cluster_id} on the beat subject of ${this.clusterId}`;
-    }
+    const frame = decodeBeatFrame(message.data, this.clusterId);
+    if (typeof frame === "string") return frame;
     const sent = message.headers?.["x-pulse-sent"];
     const sentAt = sent === undefined ? undefined : Number(sent);
     return {
