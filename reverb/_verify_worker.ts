@@ -1,9 +1,12 @@
-// A signature-verification worker of reverb's VerifyPool. Deno's WebCrypto runs Ed25519 on the
-// calling thread, so verifying in workers is what puts more than one core on signatures.
+// A signature-verification worker of reverb's VerifyPool: it takes batches off reverb's thread,
+// whose time goes to intake (Deno's WebCrypto verifies on its own blocking pool either way; see
+// bench/RESULTS.md for what that means for throughput).
 //
 // Request: { id, n, data: ArrayBuffer, offsets: Uint32Array (n + 1), signatures: string[],
 // keys: string[] } — claim i is data[offsets[i], offsets[i + 1]), signed by public key keys[i]
 // (base64 of the raw 32 bytes). Reply: { id, results: Uint8Array } with 1 for a valid signature.
+
+import { importPublicKey, verifyPayload } from "../sdk/_signing.ts";
 
 interface Request {
   id: number;
@@ -21,26 +24,11 @@ const scope = globalThis as unknown as {
   postMessage(message: unknown, transfer: Transferable[]): void;
 };
 
-function decode(b64: string): Uint8Array | null {
-  try {
-    const bin = atob(b64);
-    const out = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-    return out;
-  } catch {
-    return null;
-  }
-}
-
 function keyOf(b64: string): Promise<CryptoKey | null> {
   let key = keys.get(b64);
   if (key === undefined) {
     if (keys.size >= MAX_KEYS) keys.clear();
-    const raw = decode(b64);
-    key = raw && raw.length === 32
-      ? crypto.subtle.importKey("raw", raw as BufferSource, "Ed25519", false, ["verify"])
-        .catch(() => null)
-      : Promise.resolve(null);
+    key = importPublicKey(b64).catch(() => null);
     keys.set(b64, key);
   }
   return key;
@@ -56,16 +44,10 @@ scope.onmessage = async (e) => {
   const index: number[] = [];
   for (let i = 0; i < n; i++) {
     const key = resolved[i];
-    const sig = decode(signatures[i]);
-    if (key === null || sig === null || sig.length !== 64) continue;
+    if (key === null) continue;
     index.push(i);
     pending.push(
-      crypto.subtle.verify(
-        "Ed25519",
-        key,
-        sig as BufferSource,
-        bytes.subarray(offsets[i], offsets[i + 1]),
-      )
+      verifyPayload(key, bytes.subarray(offsets[i], offsets[i + 1]), signatures[i])
         .catch(() => false),
     );
   }
