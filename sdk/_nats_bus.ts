@@ -17,25 +17,7 @@ import {
   type PublishOptions,
   type SubscribeOptions,
 } from "./_bus.ts";
-
-// Exponential reconnect backoff with full jitter: waits double per failed attempt from
-// reconnectTimeWait up to the cap, and start over after a successful reconnect.
-class Backoff {
-  #attempt = 0;
-  #base: number;
-  #max: number;
-  constructor(base: number, max: number) {
-    this.#base = Math.max(1, base);
-    this.#max = Math.max(this.#base, max);
-  }
-  delay = (): number => {
-    const ceiling = Math.min(this.#max, this.#base * 2 ** Math.min(this.#attempt++, 20));
-    return this.#base / 2 + Math.random() * (ceiling - this.#base / 2);
-  };
-  reset(): void {
-    this.#attempt = 0;
-  }
-}
+import { Backoff } from "./_backoff.ts";
 
 class NatsSubscription implements BusSubscription {
   readonly subject: string;
@@ -72,10 +54,13 @@ export class NatsBus extends IsolatedEventTarget implements NatsBusLike {
   #reconnects = 0;
   #closing: Promise<void> | undefined;
 
-  private constructor(nc: NatsConnection, url: string) {
+  #backoff: Backoff;
+
+  private constructor(nc: NatsConnection, url: string, backoff: Backoff) {
     super();
     this.connection = nc;
     this.url = url;
+    this.#backoff = backoff;
     this.#watch();
   }
 
@@ -108,11 +93,7 @@ export class NatsBus extends IsolatedEventTarget implements NatsBusLike {
         timeout: options.timeout ?? 5000,
         waitOnFirstConnect: options.waitOnFirstConnect ?? false,
       });
-      const bus = new NatsBus(nc, servers[0]);
-      bus.addEventListener("status", (e) => {
-        if ((e as CustomEvent<BusStatusDetail>).detail.status === "connected") backoff.reset();
-      });
-      return bus;
+      return new NatsBus(nc, servers[0], backoff);
     } catch (cause) {
       throw new BackbeatError(
         "connection",
@@ -231,9 +212,12 @@ export class NatsBus extends IsolatedEventTarget implements NatsBusLike {
           this.#set("disconnected");
           break;
         case "reconnecting":
+          // nats.js emits this before each dial: one backoff step per real attempt.
+          this.#backoff.dialed();
           if (this.#status !== "closed") this.#set("reconnecting");
           break;
         case "reconnect":
+          this.#backoff.reset();
           this.#reconnects++;
           this.#set("connected");
           break;

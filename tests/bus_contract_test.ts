@@ -161,7 +161,11 @@ Deno.test("InMemoryBus drops and counts messages beyond maxPending", async () =>
 
 Deno.test("NatsBus reports disconnect and reconnect across a server restart and refuses publishes between", async () => {
   const server = await startNatsServer({ jetstream: false });
-  const bus = await connectNatsBus({ servers: server.url, reconnectTimeWait: 50 });
+  const bus = await connectNatsBus({
+    servers: server.url,
+    reconnectTimeWait: 50,
+    maxReconnectWait: 250,
+  });
   const peerGot: string[] = [];
   try {
     const statuses: string[] = [];
@@ -175,8 +179,14 @@ Deno.test("NatsBus reports disconnect and reconnect across a server restart and 
       (e) =>
         e instanceof BackbeatError && e.code === "connection" && /not connected/.test(e.message),
     );
+    // Down for a second: long enough for many passes of nats.js's dial loop.
+    await new Promise((r) => setTimeout(r, 1000));
     await server.start();
+    const listening = performance.now();
     await until(() => bus.status === "connected" && bus.reconnects === 1, 8000);
+    const gap = performance.now() - listening;
+    // The backoff is capped at 250 ms here; a second leaves room for a loaded CI machine.
+    assert.ok(gap < 1000, `reconnected ${gap.toFixed(0)} ms after the server listened again`);
     assert.ok(statuses.includes("disconnected"));
     assert.equal(statuses.at(-1), "connected");
     // The subscription is restored after the reconnect.

@@ -30,7 +30,7 @@ function natsConfig(url: string, extra: Partial<ClientConfig> = {}): ClientConfi
   c.clusterId = CLUSTER;
   c.agentId = "agent-n";
   c.natsUrl = url;
-  c.natsOptions = { reconnectTimeWait: 50 };
+  c.natsOptions = { reconnectTimeWait: 50, maxReconnectWait: 250 };
   c.logger = quietLogger();
   c.localDegradation = false;
   return { ...c, ...extra };
@@ -38,7 +38,11 @@ function natsConfig(url: string, extra: Partial<ClientConfig> = {}): ClientConfi
 
 async function withServer(fn: (server: NatsServer, peer: NatsBusLike) => Promise<void>) {
   const server = await startNatsServer({ jetstream: false });
-  const peer = await connectNatsBus({ servers: server.url, reconnectTimeWait: 50 });
+  const peer = await connectNatsBus({
+    servers: server.url,
+    reconnectTimeWait: 50,
+    maxReconnectWait: 250,
+  });
   try {
     await fn(server, peer);
   } finally {
@@ -187,7 +191,7 @@ Deno.test("NATS: claims buffered across a server restart are all delivered; over
     await client.start();
     // Watch on the client's own (shared) connection: its subscription is restored before the
     // buffered claims are flushed, so whatever reaches the server is seen.
-    const watch = await leaseNatsBus(server.url, { reconnectTimeWait: 50 });
+    const watch = await leaseNatsBus(server.url, { reconnectTimeWait: 50, maxReconnectWait: 250 });
     assert.equal(watch.bus, client.bus);
     const sent = collect(watch.bus, subjects(CLUSTER).status);
     await watch.bus.flush();
