@@ -3,11 +3,11 @@
 //
 //   deno run -A bench/pulse_bench.ts [--seconds 20] [--rounds 3]
 import { cpuUsage } from "node:process";
-import { connectNatsBus } from "../sdk/_bus.ts";
-import { SystemClock } from "../sdk/_clock.ts";
-import { Histogram, type HistogramSnapshot, quantile } from "../sdk/_metrics.ts";
+import { SystemClock } from "../core/mod.ts";
+import { connectNatsBus } from "../nats/mod.ts";
+import { Histogram, type HistogramSnapshot, quantile } from "../service/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { startNatsServer } from "../tests/_nats_server.ts";
+import { startNatsServer } from "../tests/nats_server.ts";
 import {
   currentLeader,
   measureHandover,
@@ -15,7 +15,7 @@ import {
   spawnPulse,
   waitFor,
   watchBeats,
-} from "../tests/_pulse_procs.ts";
+} from "../tests/pulse_procs.ts";
 
 function flag(name: string, fallback: number): number {
   const i = Deno.args.indexOf(`--${name}`);

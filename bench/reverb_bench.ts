@@ -11,13 +11,17 @@
 // process's event loop; it writes raw NATS protocol): --publish FILE --url U --subject S
 
 import { connect } from "@nats-io/transport-node";
-import { connectNatsBus } from "../sdk/_bus.ts";
-import { HybridLogicalClock } from "../sdk/_hlc.ts";
-import type { StatusClaim } from "../sdk/_messages.ts";
-import { type GeneratedKeyPair, generateSigningKeyPair, signPayload } from "../sdk/_signing.ts";
+import {
+  type GeneratedKeyPair,
+  generateSigningKeyPair,
+  HybridLogicalClock,
+  signPayload,
+  type StatusClaim,
+} from "../core/mod.ts";
+import { connectNatsBus } from "../nats/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
 import { DEFAULT_VERIFY_WORKERS, Reverb } from "../reverb/mod.ts";
-import { startNatsServer } from "../tests/_nats_server.ts";
+import { startNatsServer } from "../tests/nats_server.ts";
 
 const CLUSTER = "bench";
 const TEMPO = 120;

@@ -9,7 +9,7 @@
 // Worker mode (spawned by the coordinator): --worker sdk|raw --count N --url U --seconds S
 import { Client, connectNatsBus, defaultConfig, generateSigningKeyPair } from "../mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { startNatsServer } from "../tests/_nats_server.ts";
+import { startNatsServer } from "../tests/nats_server.ts";
 
 const CLUSTER = "bench";
 const TEMPO = 600;

@@ -1,16 +1,25 @@
-import { type Bus, connectNatsBus, InMemoryBus } from "../sdk/_bus.ts";
+import {
+  assertClusterId,
+  type Bus,
+  DEFAULT_BEATS_PER_BAR,
+  DEFAULT_TEMPO_BPM,
+  InMemoryBus,
+  type Logger,
+  parsePhases,
+  type Phase,
+} from "../core/mod.ts";
+import { connectNatsBus } from "../nats/mod.ts";
 import {
   type EnvVars,
   type FlagSpec,
   type HostPort,
+  JsonLogger,
+  type LogLevel,
   parseFlags,
   parseHostPort,
+  parseLogLevel,
   parseNumber,
-} from "../sdk/_cli_util.ts";
-import { JsonLogger, type Logger, type LogLevel, parseLogLevel } from "../sdk/_log.ts";
-import type { Phase } from "../sdk/_messages.ts";
-import { assertClusterId } from "../sdk/_subjects.ts";
-import { DEFAULT_BEATS_PER_BAR, DEFAULT_TEMPO_BPM, parsePhases } from "../sdk/_timeline.ts";
+} from "../service/mod.ts";
 import { DEFAULT_PULSE_HTTP_HOSTNAME, DEFAULT_PULSE_HTTP_PORT, servePulseHttp } from "./_http.ts";
 import { MAX_PULSE_TEMPO_BPM, Pulse, type TempoChange } from "./_pulse.ts";
 

@@ -1,6 +1,5 @@
-import { BackbeatError } from "../sdk/_errors.ts";
-import { type Logger, silentLogger } from "../sdk/_log.ts";
-import { PROMETHEUS_CONTENT_TYPE } from "../sdk/_metrics.ts";
+import { BackbeatError, type Logger, silentLogger } from "../core/mod.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../service/mod.ts";
 import { renderPulseMetrics } from "./_metrics.ts";
 import { parseTempoRequest, type Pulse } from "./_pulse.ts";
 

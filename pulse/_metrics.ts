@@ -1,4 +1,4 @@
-import { logBuckets, PrometheusWriter } from "../sdk/_metrics.ts";
+import { logBuckets, PrometheusWriter } from "../service/mod.ts";
 import type { PulseMetrics } from "./_pulse.ts";
 
 // The exposition shows 1, 2.5 and 5 per decade; the histogram itself keeps ten per decade.

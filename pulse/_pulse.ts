@@ -1,24 +1,35 @@
-import { type Bus, type BusMessage, type BusSubscription, InMemoryBus } from "../sdk/_bus.ts";
-import type { NatsBusLike } from "../sdk/_bus.ts";
-import { type Clock, SystemClock } from "../sdk/_clock.ts";
-import { BackbeatError } from "../sdk/_errors.ts";
-import { IsolatedEventTarget } from "../sdk/_events.ts";
-import { HybridLogicalClock } from "../sdk/_hlc.ts";
-import type { KvLease, LeaseEventDetail } from "../sdk/_lease.ts";
-import type { Logger } from "../sdk/_log.ts";
-import { silentLogger } from "../sdk/_log.ts";
-import type { BeatFrame, Phase } from "../sdk/_messages.ts";
-import { Histogram, type HistogramSnapshot } from "../sdk/_metrics.ts";
-import { type ClusterSubjects, subjects } from "../sdk/_subjects.ts";
 import {
+  BackbeatError,
+  type BeatFrame,
+  type Bus,
+  type BusMessage,
+  type BusSubscription,
+  type Clock,
+  type ClusterSubjects,
   DEFAULT_BEATS_PER_BAR,
   DEFAULT_TEMPO_BPM,
+  HybridLogicalClock,
+  InMemoryBus,
+  IsolatedEventTarget,
+  type Logger,
   MIN_TEMPO_BPM,
+  type Phase,
+  silentLogger,
+  subjects,
+  SystemClock,
   Timeline,
   type TimelineJson,
-} from "../sdk/_timeline.ts";
-import { windowId } from "../sdk/_window_id.ts";
-import { decodeBeatFrame } from "../sdk/_beat_feed.ts";
+  windowId,
+} from "../core/mod.ts";
+import {
+  kvBucketName,
+  type KvLease,
+  type LeaseEventDetail,
+  type NatsBusLike,
+  openKvLease,
+} from "../nats/mod.ts";
+import { Histogram, type HistogramSnapshot } from "../service/mod.ts";
+import { decodeBeatFrame } from "../schemas/mod.ts";
 
 /** Default for {@linkcode PulseOptions.clock}'s spin: wake 1.5 ms early and spin to the due time. */
 export const DEFAULT_PULSE_SPIN_MS = 1.5;
@@ -591,10 +602,9 @@ export class Pulse extends IsolatedEventTarget {
       this.#subs.push(this.#bus.subscribe(this.#subjects.beat, (m) => this.#onBeat(m)));
       await this.#bus.flush();
       this.#listeningSince = this.#clock.now();
-      const { KvLease, kvBucketName } = await import("../sdk/_lease.ts");
       const bucket = await kvBucketName(this.clusterId, "pulse");
       const ttl = this.#options.leaseTtlMs ?? DEFAULT_PULSE_LEASE_TTL_MS;
-      const lease = await KvLease.open({
+      const lease = await openKvLease({
         bus: this.#bus,
         bucket,
         holderId: this.id,

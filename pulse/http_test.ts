@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { InMemoryBus } from "../sdk/_bus.ts";
-import { ManualClock } from "../sdk/_clock.ts";
+import { InMemoryBus, ManualClock } from "../core/mod.ts";
 import { Pulse, servePulseHttp } from "./mod.ts";
 
 function setup(adminToken?: string) {

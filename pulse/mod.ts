@@ -71,16 +71,15 @@ export type {
   BusStatus,
   BusSubscription,
   Clock,
-  HistogramSnapshot,
   IsolatedEventTarget,
   LogFields,
   Logger,
-  LogLevel,
   Phase,
   PublishOptions,
   SubscribeOptions,
   Timeline,
   TimelineJson,
   TimelineSegment,
-} from "../sdk/mod.ts";
-export type { EnvVars, HostPort } from "../sdk/_cli_util.ts";
+} from "../core/mod.ts";
+export type { HistogramSnapshot, LogLevel } from "../service/mod.ts";
+export type { EnvVars, HostPort } from "../service/mod.ts";

@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
-import { InMemoryBus } from "../sdk/_bus.ts";
-import { ManualClock } from "../sdk/_clock.ts";
-import { BackbeatError } from "../sdk/_errors.ts";
-import type { BeatFrame } from "../sdk/_messages.ts";
-import { formatInstant } from "../sdk/_timeline.ts";
-import { windowId } from "../sdk/_window_id.ts";
+import {
+  BackbeatError,
+  type BeatFrame,
+  formatInstant,
+  InMemoryBus,
+  ManualClock,
+  windowId,
+} from "../core/mod.ts";
 import { validateMessage } from "../schemas/mod.ts";
 import { Pulse, type PulseOptions, type TempoChange } from "./mod.ts";
 

@@ -3,24 +3,22 @@
 // BarReport. State is bounded: a few open windows, at most `maxAgents` agent records, agents
 // silent for `evictAfterBars` bars are evicted.
 
-import type { Clock } from "../sdk/_clock.ts";
-import type {
-  BarReport,
-  BarReportIssue,
-  BeatFrame,
-  ClaimState,
-  IssueKind,
-  Phase,
-  StatusClaim,
-} from "../sdk/_messages.ts";
 import {
+  type BarReport,
+  type BarReportIssue,
+  type BeatFrame,
+  type ClaimState,
+  type Clock,
   DEFAULT_BEATS_PER_BAR,
   DEFAULT_TEMPO_BPM,
   defaultPhases,
+  type IssueKind,
   parseInstant,
+  type Phase,
+  type StatusClaim,
   Timeline,
-} from "../sdk/_timeline.ts";
-import { windowId } from "../sdk/_window_id.ts";
+  windowId,
+} from "../core/mod.ts";
 import type { KeyEntry } from "./_keyring.ts";
 import type { RejectReason } from "./_intake.ts";
 

@@ -1,16 +1,18 @@
 // The reverb command: flags and BACKBEAT_* variables into a configuration (a pure, tested
 // function), then the run loop that main.ts calls.
 
-import { connectNatsBus, type NatsBusLike } from "../sdk/_bus.ts";
+import { assertClusterId } from "../core/mod.ts";
+import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
 import {
   type EnvVars,
   type HostPort,
+  JsonLogger,
+  type LogLevel,
   parseFlags,
   parseHostPort,
+  parseLogLevel,
   parseNumber,
-} from "../sdk/_cli_util.ts";
-import { JsonLogger, type LogLevel, parseLogLevel } from "../sdk/_log.ts";
-import { assertClusterId } from "../sdk/_subjects.ts";
+} from "../service/mod.ts";
 import { DEFAULT_MAX_CLAIM_BYTES } from "./_intake.ts";
 import { DEFAULT_MAX_CLAIM_AGE_BEATS, Reverb } from "./_reverb.ts";
 

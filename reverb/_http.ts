@@ -2,8 +2,8 @@
 // the dashboard (plain files under ./dashboard, read relative to this module so they ship with
 // the published package).
 
-import type { Logger } from "../sdk/_log.ts";
-import { PROMETHEUS_CONTENT_TYPE } from "../sdk/_metrics.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../service/mod.ts";
+import type { Logger } from "../core/mod.ts";
 import type { Reverb } from "./_reverb.ts";
 
 /** Event streams served at once; more get 503. */

@@ -3,11 +3,8 @@
 // then a bounded wait queue), while each agent's claims are applied in arrival order through a
 // per-agent FIFO: a claim whose verification finishes early waits for its agent's older claims.
 
-import type { BusMessage } from "../sdk/_bus.ts";
-import type { Clock } from "../sdk/_clock.ts";
-import type { StatusClaim } from "../sdk/_messages.ts";
-import { verifyPayload } from "../sdk/_signing.ts";
-import { Histogram, logBuckets } from "../sdk/_metrics.ts";
+import { type BusMessage, type Clock, type StatusClaim, verifyPayload } from "../core/mod.ts";
+import { Histogram, logBuckets } from "../service/mod.ts";
 import { isKeyValidAt, type KeyEntry, type Keyring } from "./_keyring.ts";
 import { VerifyPool } from "./_verify_pool.ts";
 

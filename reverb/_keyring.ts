@@ -2,9 +2,7 @@
 // file, reloaded on change (Deno.watchFs, debounced) and on SIGHUP; a bad file never replaces a
 // good keyring. Imported CryptoKeys are cached by public key so a reload re-imports only new keys.
 
-import { BackbeatError } from "../sdk/_errors.ts";
-import { IsolatedEventTarget } from "../sdk/_events.ts";
-import { decodeBase64 } from "../sdk/_signing.ts";
+import { BackbeatError, decodeBase64, IsolatedEventTarget } from "../core/mod.ts";
 
 /** One key as written in the keyring file. */
 export interface KeyringEntryJson {

@@ -3,18 +3,26 @@
 // history (replayed from JetStream on NATS), elects one active aggregator through the shared
 // KvLease, and serves HTTP when asked.
 
-import type { Bus, BusMessage, BusSubscription, NatsBusLike } from "../sdk/_bus.ts";
-import { InMemoryBus } from "../sdk/_bus.ts";
-import { decodeBeatFrame } from "../sdk/_beat_feed.ts";
-import { type Clock, SystemClock } from "../sdk/_clock.ts";
-import { BackbeatError } from "../sdk/_errors.ts";
-import { IsolatedEventTarget } from "../sdk/_events.ts";
-import { type Logger, silentLogger } from "../sdk/_log.ts";
-import type { BarReport } from "../sdk/_messages.ts";
-import { PrometheusWriter } from "../sdk/_metrics.ts";
-import { assertClusterId, type ClusterSubjects, subjects } from "../sdk/_subjects.ts";
-import { parseInstant } from "../sdk/_timeline.ts";
-import { defaultMessageValidator, type MessageValidator } from "../schemas/_validator.ts";
+import {
+  assertClusterId,
+  BackbeatError,
+  type BarReport,
+  type Bus,
+  type BusMessage,
+  type BusSubscription,
+  type Clock,
+  type ClusterSubjects,
+  InMemoryBus,
+  IsolatedEventTarget,
+  type Logger,
+  parseInstant,
+  silentLogger,
+  subjects,
+  SystemClock,
+} from "../core/mod.ts";
+import { kvBucketName, type KvLease, type NatsBusLike, openKvLease } from "../nats/mod.ts";
+import { decodeBeatFrame, defaultMessageValidator, type MessageValidator } from "../schemas/mod.ts";
+import { PrometheusWriter } from "../service/mod.ts";
 import {
   type AgentView,
   BarAggregator,
@@ -33,7 +41,6 @@ import {
 } from "./_intake.ts";
 import { Keyring, KeyringWatcher } from "./_keyring.ts";
 import type { BarStream } from "./_stream.ts";
-import type { KvLease } from "../sdk/_lease.ts";
 import { type HttpServerHandle, startHttpServer } from "./_http.ts";
 
 /** Default for {@linkcode ReverbOptions.maxClaimAgeBeats}. */
@@ -436,8 +443,7 @@ export class Reverb extends IsolatedEventTarget {
     this.#subs.push(bus.subscribe(this.#subjects.beat, (m) => this.#onBeatMessage(m)));
     this.#subs.push(bus.subscribe(this.#subjects.status, (m) => this.#intake.handle(m)));
     if (nats && (o.ha ?? true)) {
-      const { KvLease, kvBucketName } = await import("../sdk/_lease.ts");
-      this.#lease = await KvLease.open({
+      this.#lease = await openKvLease({
         bus,
         bucket: await kvBucketName(this.clusterId, "reverb"),
         holderId: this.id,

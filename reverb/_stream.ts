@@ -13,8 +13,7 @@ import {
   StorageType,
 } from "@nats-io/jetstream";
 import { headers as natsHeaders, type NatsConnection } from "@nats-io/nats-core";
-import { BackbeatError } from "../sdk/_errors.ts";
-import type { Logger } from "../sdk/_log.ts";
+import { BackbeatError, type Logger } from "../core/mod.ts";
 
 /** Options of {@linkcode BarStream.open}. */
 export interface BarStreamOpenOptions {

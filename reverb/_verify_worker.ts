@@ -6,7 +6,7 @@
 // keys: string[] } — claim i is data[offsets[i], offsets[i + 1]), signed by public key keys[i]
 // (base64 of the raw 32 bytes). Reply: { id, results: Uint8Array } with 1 for a valid signature.
 
-import { importPublicKey, verifyPayload } from "../sdk/_signing.ts";
+import { importPublicKey, verifyPayload } from "../core/mod.ts";
 
 interface Request {
   id: number;

@@ -1,12 +1,16 @@
 import assert from "node:assert/strict";
-import { ManualClock } from "../sdk/_clock.ts";
-import { HybridLogicalClock } from "../sdk/_hlc.ts";
-import type { BarReport, BeatFrame, StatusClaim } from "../sdk/_messages.ts";
-import { generateSigningKeyPair } from "../sdk/_signing.ts";
-import { Timeline } from "../sdk/_timeline.ts";
-import { windowId } from "../sdk/_window_id.ts";
-import { MessageValidator } from "../schemas/_validator.ts";
-import { hlcAt, makeClaim } from "../tests/_reverb_helpers.ts";
+import {
+  type BarReport,
+  type BeatFrame,
+  generateSigningKeyPair,
+  HybridLogicalClock,
+  ManualClock,
+  type StatusClaim,
+  Timeline,
+  windowId,
+} from "../core/mod.ts";
+import { MessageValidator } from "../schemas/mod.ts";
+import { hlcAt, makeClaim } from "../tests/reverb_helpers.ts";
 import { BarAggregator, type BarAggregatorOptions, type WindowInfo } from "./_aggregate.ts";
 import { Keyring } from "./_keyring.ts";
 

@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
-import { InMemoryBus } from "../sdk/_bus.ts";
-import { HybridLogicalClock } from "../sdk/_hlc.ts";
-import { Timeline } from "../sdk/_timeline.ts";
-import { makeClaim, until } from "../tests/_reverb_helpers.ts";
+import { HybridLogicalClock, InMemoryBus, Timeline } from "../core/mod.ts";
+import { makeClaim, until } from "../tests/reverb_helpers.ts";
 import { Reverb } from "./_reverb.ts";
 
 const encoder = new TextEncoder();

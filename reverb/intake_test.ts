@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
-import { ManualClock } from "../sdk/_clock.ts";
-import type { StatusClaim } from "../sdk/_messages.ts";
-import { type GeneratedKeyPair, generateSigningKeyPair } from "../sdk/_signing.ts";
-import { MessageValidator } from "../schemas/_validator.ts";
-import { claimMessage, hlcAt, makeClaim, signedMessage } from "../tests/_reverb_helpers.ts";
+import {
+  type GeneratedKeyPair,
+  generateSigningKeyPair,
+  ManualClock,
+  type StatusClaim,
+} from "../core/mod.ts";
+import { MessageValidator } from "../schemas/mod.ts";
+import { claimMessage, hlcAt, makeClaim, signedMessage } from "../tests/reverb_helpers.ts";
 import {
   ClaimIntake,
   type ClaimIntakeOptions,

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
-import { BackbeatError } from "../sdk/_errors.ts";
-import { generateSigningKeyPair } from "../sdk/_signing.ts";
+import { BackbeatError, generateSigningKeyPair } from "../core/mod.ts";
 import { isKeyValidAt, Keyring, KeyringWatcher } from "./_keyring.ts";
 
 Deno.test("Keyring.fromJson() loads keys per agent with their validity periods", async () => {

@@ -119,7 +119,6 @@ export type {
   IssueKind,
   LogFields,
   Logger,
-  LogLevel,
   Phase,
   PublishOptions,
   StatusClaim,
@@ -127,9 +126,10 @@ export type {
   Timeline,
   TimelineJson,
   TimelineSegment,
-} from "../sdk/mod.ts";
-export type { Histogram, HistogramSnapshot } from "../sdk/_metrics.ts";
-export type { EnvVars, HostPort } from "../sdk/_cli_util.ts";
+} from "../core/mod.ts";
+export type { LogLevel } from "../service/mod.ts";
+export type { Histogram, HistogramSnapshot } from "../service/mod.ts";
+export type { EnvVars, HostPort } from "../service/mod.ts";
 export type {
   JsonSchema,
   MessageValidator,

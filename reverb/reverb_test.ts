@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
-import { InMemoryBus } from "../sdk/_bus.ts";
-import { ManualClock } from "../sdk/_clock.ts";
-import { BackbeatError } from "../sdk/_errors.ts";
-import { HybridLogicalClock } from "../sdk/_hlc.ts";
-import type { BarReport } from "../sdk/_messages.ts";
-import { generateSigningKeyPair } from "../sdk/_signing.ts";
-import { Timeline } from "../sdk/_timeline.ts";
-import { MessageValidator } from "../schemas/_validator.ts";
-import { hlcAt, makeClaim, signedMessage, until } from "../tests/_reverb_helpers.ts";
+import {
+  BackbeatError,
+  type BarReport,
+  generateSigningKeyPair,
+  HybridLogicalClock,
+  InMemoryBus,
+  ManualClock,
+  Timeline,
+} from "../core/mod.ts";
+import { MessageValidator } from "../schemas/mod.ts";
+import { hlcAt, makeClaim, signedMessage, until } from "../tests/reverb_helpers.ts";
 import { barStreamName, Reverb } from "./_reverb.ts";
 
 const T0 = Date.parse("2030-01-01T00:00:00Z");

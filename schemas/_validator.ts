@@ -17,8 +17,7 @@ import {
   type ValidationError,
 } from "./_messages_text.ts";
 import { jsonSyntaxError } from "./_json_position.ts";
-import { InvalidMessageError } from "../sdk/_errors.ts";
-import type { BackbeatMessage } from "../sdk/_messages.ts";
+import { type BackbeatMessage, InvalidMessageError } from "../core/mod.ts";
 
 /** The outcome of validating one message. */
 export interface ValidationResult {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { relative } from "node:path";
-import { MAX_INPUT_BYTES, MAX_LINE_CHARS, runValidateCli } from "./mod.ts";
+import { MAX_INPUT_BYTES, MAX_LINE_CHARS, runValidateCli } from "./_cli.ts";
 
 const EXAMPLES = new URL("./examples/", import.meta.url);
 const examplesDir = (sub: string) => new URL(sub, EXAMPLES).pathname;

@@ -35,12 +35,13 @@
  * // /hlc: hlc must match pattern XXXX:XXXX:XXXX (hex)
  * ```
  *
+ * Layering: `schemas/` imports only `core/`. `decodeBeatFrame()` is the one gate every frame from
+ * the bus passes (the SDK, pulse followers and reverb).
+ *
  * @module
  */
-
 export {
   assertValidMessage,
-  DEFAULT_MAX_ERRORS,
   defaultMessageValidator,
   MessageValidator,
   type MessageValidatorOptions,
@@ -48,23 +49,6 @@ export {
   validateMessageString,
   type ValidationResult,
 } from "./_validator.ts";
-export {
-  BARREPORT_V1_SCHEMA,
-  BEATFRAME_V1_SCHEMA,
-  BUILTIN_SCHEMAS,
-  type JsonSchema,
-  STATUSCLAIM_V1_SCHEMA,
-} from "./_builtin_schemas.ts";
+export { BUILTIN_SCHEMAS, type JsonSchema } from "./_builtin_schemas.ts";
 export type { ValidationError } from "./_messages_text.ts";
-export { MAX_INPUT_BYTES, MAX_LINE_CHARS, runValidateCli, type ValidateCliIo } from "./_cli.ts";
-export {
-  type BackbeatMessage,
-  type BarReport,
-  type BarReportIssue,
-  type BeatFrame,
-  ClaimState,
-  IssueKind,
-  MessageType,
-  Phase,
-  type StatusClaim,
-} from "../sdk/_messages.ts";
+export { decodeBeatFrame } from "./_decode_frame.ts";

@@ -5,15 +5,22 @@
 // schema change without the interface change fails the run.
 
 import assert from "node:assert/strict";
+import { type JsonSchema, validateMessage } from "./mod.ts";
 import {
   BARREPORT_V1_SCHEMA,
   BEATFRAME_V1_SCHEMA,
-  type JsonSchema,
   STATUSCLAIM_V1_SCHEMA,
-  validateMessage,
-} from "./mod.ts";
-import type { BarReport, BarReportIssue, BeatFrame, StatusClaim } from "./mod.ts";
-import { CLAIM_STATES, IssueKind, MessageType, PHASES } from "../sdk/_messages.ts";
+} from "./_builtin_schemas.ts";
+import {
+  type BarReport,
+  type BarReportIssue,
+  type BeatFrame,
+  CLAIM_STATES,
+  IssueKind,
+  MessageType,
+  PHASES,
+  type StatusClaim,
+} from "../core/mod.ts";
 
 type JsonTypeOf<T> = T extends string ? "string"
   : T extends number ? "integer" | "number"

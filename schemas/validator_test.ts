@@ -7,7 +7,7 @@ import {
   validateMessage,
   validateMessageString,
 } from "./mod.ts";
-import { BackbeatError, InvalidMessageError } from "../sdk/_errors.ts";
+import { BackbeatError, InvalidMessageError } from "../core/mod.ts";
 
 const EXAMPLES = new URL("./examples/", import.meta.url);
 

@@ -1,13 +1,15 @@
 // One subscription per (bus, cluster) for the whole process: each frame is decoded, parsed and
 // validated once, then handed to every client following that cluster on that bus. Keyed by the
 // bus object in a WeakMap, so a bus that is dropped takes its feeds with it.
-import type { Bus, BusHeaders, BusMessage, BusSubscription } from "./_bus.ts";
-import type { BeatFrame } from "./_messages.ts";
-import { subjects } from "./_subjects.ts";
-import { defaultMessageValidator, type MessageValidator } from "../schemas/mod.ts";
-
-/** Largest frame accepted; real frames are a few hundred bytes. */
-export const MAX_FRAME_BYTES = 16_384;
+import {
+  type BeatFrame,
+  type Bus,
+  type BusHeaders,
+  type BusMessage,
+  type BusSubscription,
+  subjects,
+} from "../core/mod.ts";
+import { decodeBeatFrame } from "../schemas/mod.ts";
 
 /** A frame as every client of a feed receives it. */
 export interface FeedFrame {
@@ -25,45 +27,6 @@ export interface FeedListener {
   frame(frame: FeedFrame): void;
   /** A message on the beat subject was not a valid frame of the cluster. */
   invalid(reason: string): void;
-}
-
-const decoder = new TextDecoder();
-
-/**
- * Decodes a message from a cluster's beat subject: size cap, JSON, schema, type and cluster.
- * The SDK's feed, pulse's followers and reverb all read frames through this one gate.
- *
- * @param data The payload bytes.
- * @param clusterId The cluster whose subject it came from.
- * @param validator The validator to use. @default {defaultMessageValidator()}
- * @returns The frame, or a sentence saying why it is not one.
- */
-export function decodeBeatFrame(
-  data: Uint8Array,
-  clusterId: string,
-  validator: MessageValidator = defaultMessageValidator(),
-): BeatFrame | string {
-  if (data.byteLength > MAX_FRAME_BYTES) {
-    return `frame of ${data.byteLength} bytes exceeds ${MAX_FRAME_BYTES}`;
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(decoder.decode(data));
-  } catch (error) {
-    return `frame is not JSON: ${(error as Error).message}`;
-  }
-  const result = validator.validateMessage(value);
-  if (!result.valid) {
-    return `frame is invalid: ${result.errors.map((e) => e.message).join("; ")}`;
-  }
-  const frame = value as BeatFrame;
-  if (frame.type !== "backbeat.beatframe.v1") {
-    return `message of type ${frame.type} on the beat subject`;
-  }
-  if (frame.cluster_id !== clusterId) {
-    return `frame of cluster ${frame.cluster_id} on the beat subject of ${clusterId}`;
-  }
-  return frame;
 }
 
 /** The shared subscription of one (bus, cluster). Exported for tests. */

@@ -1,4 +1,4 @@
-import { type BackbeatError, BeatBudgetExceededError } from "./_errors.ts";
+import { type BackbeatError, BeatBudgetExceededError } from "../core/mod.ts";
 
 /** One running budget as its beat source sees it. */
 export interface BudgetWatcher {

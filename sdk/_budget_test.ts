@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { BackbeatError, BeatBudgetExceededError } from "./_errors.ts";
+import { BackbeatError, BeatBudgetExceededError } from "../core/mod.ts";
 import { type BudgetSource, type BudgetWatcher, runWithBeatBudget } from "./_budget.ts";
 
 function source(): BudgetSource & { watchers: Set<BudgetWatcher>; beat(): void } {

@@ -1,11 +1,31 @@
-import type { Bus, BusHeaders, BusStatusDetail } from "./_bus.ts";
+import {
+  assertClusterId,
+  BackbeatError,
+  type BeatFrame,
+  type Bus,
+  type BusHeaders,
+  type BusStatusDetail,
+  CLAIM_STATES,
+  type ClaimState,
+  type Clock,
+  type ClusterSubjects,
+  HybridLogicalClock,
+  importSigningKey,
+  InvalidMessageError,
+  IsolatedEventTarget,
+  type Logger,
+  type SigningKey,
+  type SigningKeyInput,
+  signPayload,
+  type StatusClaim,
+  subjects,
+  SystemClock,
+} from "../core/mod.ts";
 import { type BudgetSource, type BudgetWatcher, runWithBeatBudget } from "./_budget.ts";
 import { type FeedFrame, type FeedListener, joinBeatFeed } from "./_beat_feed.ts";
-import { type Clock, SystemClock } from "./_clock.ts";
 import { type Watchdogs, watchdogsOf } from "./_watchdog.ts";
 import {
   type ClientConfig,
-  type ClientLogger,
   DEFAULT_BEATS_PER_BAR_HINT,
   DEFAULT_CLAIM_BUFFER_SIZE,
   DEFAULT_ERROR_HISTORY_SIZE,
@@ -13,22 +33,10 @@ import {
   DEFAULT_LATENCY_WINDOW_SIZE,
   DEFAULT_MAX_CALLBACKS,
   DEFAULT_TASK_ID,
-  type NatsConnectionOptions,
 } from "./_config.ts";
 import { rememberWindowId, SyntheticBeats, windowIdCached } from "./_degrade.ts";
-import { BackbeatError, InvalidMessageError } from "./_errors.ts";
-import { IsolatedEventTarget } from "./_events.ts";
 import { type ClientHealth, ErrorRing, LatencyWindow } from "./_health.ts";
-import { HybridLogicalClock } from "./_hlc.ts";
-import { type BeatFrame, CLAIM_STATES, type ClaimState, type StatusClaim } from "./_messages.ts";
-import { leaseNatsBus, type NatsLease } from "./_nats_pool.ts";
-import {
-  importSigningKey,
-  type SigningKey,
-  type SigningKeyInput,
-  signPayload,
-} from "./_signing.ts";
-import { assertClusterId, type ClusterSubjects, subjects } from "./_subjects.ts";
+import { leaseNatsBus, type NatsConnectionOptions, type NatsLease } from "../nats/mod.ts";
 import { defaultMessageValidator } from "../schemas/mod.ts";
 
 /** What a callback learns about a beat besides the frame. */
@@ -166,7 +174,7 @@ export class Client extends IsolatedEventTarget {
   readonly #subjects: ClusterSubjects;
   readonly #clock: Clock;
   readonly #watchdogs: Watchdogs;
-  readonly #logger: ClientLogger;
+  readonly #logger: Logger;
   readonly #jitter: number;
   readonly #bpbHint: number;
   readonly #bufferCap: number;

@@ -7,14 +7,12 @@ import {
   defaultConfig,
   exportPublicKey,
   generateSigningKeyPair,
-  importPublicKey,
   InMemoryBus,
   InvalidMessageError,
-  ManualClock,
   type StatusClaim,
   subjects,
-  verifyPayload,
-} from "../mod.ts";
+} from "./mod.ts";
+import { importPublicKey, ManualClock, verifyPayload } from "../core/mod.ts";
 import { beatFeedOf } from "./_beat_feed.ts";
 import {
   BeatSource,
@@ -23,7 +21,7 @@ import {
   settle,
   SwitchBus,
   until,
-} from "../tests/_sdk_helpers.ts";
+} from "../tests/sdk_helpers.ts";
 
 const dec = new TextDecoder();
 const CLUSTER = "unit";

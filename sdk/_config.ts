@@ -1,6 +1,5 @@
-import type { Bus, NatsBusOptions } from "./_bus.ts";
-import type { Clock } from "./_clock.ts";
-import type { SigningKeyInput } from "./_signing.ts";
+import type { Bus, Clock, Logger, SigningKeyInput } from "../core/mod.ts";
+import type { NatsConnectionOptions } from "../nats/mod.ts";
 
 /** Default of {@linkcode ClientConfig.taskId}. */
 export const DEFAULT_TASK_ID = "default";
@@ -16,21 +15,6 @@ export const DEFAULT_LATENCY_WINDOW_SIZE = 1_024;
 export const DEFAULT_ERROR_HISTORY_SIZE = 32;
 /** Default of {@linkcode ClientConfig.maxCallbacks}. */
 export const DEFAULT_MAX_CALLBACKS = 1_024;
-
-/** Where the client writes what it does; `console` fits. */
-export interface ClientLogger {
-  /** Routine detail. */
-  debug(...data: unknown[]): void;
-  /** Transitions worth knowing (degraded, recovered). */
-  info(...data: unknown[]): void;
-  /** Dropped frames, failed callbacks. */
-  warn(...data: unknown[]): void;
-  /** Lost claims and failures with no caller to throw to. */
-  error(...data: unknown[]): void;
-}
-
-/** NATS connection options of a client: {@linkcode NatsBusOptions} without `servers`. */
-export type NatsConnectionOptions = Omit<NatsBusOptions, "servers">;
 
 /**
  * Configuration of a {@linkcode Client}. Start from {@linkcode defaultConfig} and set
@@ -89,7 +73,7 @@ export interface ClientConfig {
   /** Time source for arrival times, the degradation watchdog and synthetic beats. @default {new SystemClock()} */
   clock?: Clock;
   /** Where to log. @default {console} */
-  logger?: ClientLogger;
+  logger?: Logger;
   /** Callback latency samples kept for `health()`. @default {1024} */
   latencyWindowSize?: number;
   /** Errors kept for `health().lastErrors`. @default {32} */

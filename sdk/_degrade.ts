@@ -2,10 +2,7 @@
 // last real beat and produces synthetic beats with the frames pulse would have sent. Scheduling
 // is absolute (beat n at anchor + n periods), so timer lateness never accumulates. Window ids
 // need an async SHA-256, so they are computed bars ahead and a due beat is built synchronously.
-import type { Clock } from "./_clock.ts";
-import type { BeatFrame } from "./_messages.ts";
-import { Timeline } from "./_timeline.ts";
-import { windowId } from "./_window_id.ts";
+import { type BeatFrame, type Clock, Timeline, windowId } from "../core/mod.ts";
 
 /** Bars whose window ids are computed ahead of need. */
 export const WINDOW_PREFETCH_BARS = 3;

@@ -5,12 +5,11 @@ import {
   defaultConfig,
   type DegradedEventDetail,
   InMemoryBus,
-  ManualClock,
   type RecoveredEventDetail,
-  Timeline,
-} from "../mod.ts";
+} from "./mod.ts";
+import { ManualClock, Timeline } from "../core/mod.ts";
 import { anchorTimeline, findBarStart, syntheticFrame, windowIdsSettled } from "./_degrade.ts";
-import { BeatSource, quietLogger, recordBeats, settle } from "../tests/_sdk_helpers.ts";
+import { BeatSource, quietLogger, recordBeats, settle } from "../tests/sdk_helpers.ts";
 
 const CLUSTER = "degrade";
 const T0 = 1_700_000_000_000;

@@ -1,4 +1,4 @@
-import type { Phase } from "./_messages.ts";
+import type { Phase } from "../core/mod.ts";
 
 /** Percentiles of callback latency over the client's bounded window, in milliseconds. */
 export interface LatencyStats {

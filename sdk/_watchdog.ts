@@ -2,7 +2,7 @@
 // client keeps a deadline (last beat + one period + jitter tolerance); at a steady tempo the
 // shared timer fires once per beat, finds every deadline moved on, and re-arms: one timer for
 // 1,000 clients instead of 1,000.
-import type { Clock } from "./_clock.ts";
+import type { Clock } from "../core/mod.ts";
 
 /** A client as the watchdog sees it. */
 export interface Watched {

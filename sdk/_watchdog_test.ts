@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ManualClock } from "./_clock.ts";
+import { ManualClock } from "../core/mod.ts";
 import { watchdogsOf, type Watched } from "./_watchdog.ts";
 
 function member(due: number, expired: string[], name: string): Watched & { watchdogDue: number } {

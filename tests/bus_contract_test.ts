@@ -2,8 +2,8 @@
 // real nats-server.
 import assert from "node:assert/strict";
 import { type Bus, connectNatsBus, InMemoryBus } from "../sdk/mod.ts";
-import { BackbeatError } from "../sdk/_errors.ts";
-import { startNatsServer } from "./_nats_server.ts";
+import { BackbeatError } from "../core/mod.ts";
+import { startNatsServer } from "./nats_server.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { connectNatsBus } from "../mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { startNatsServer } from "./_nats_server.ts";
+import { startNatsServer } from "./nats_server.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const dec = new TextDecoder();

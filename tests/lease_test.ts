@@ -1,9 +1,14 @@
 // KvLease against a real nats-server (JetStream KV): election, renewal, release, expiry, fencing.
 import assert from "node:assert/strict";
-import { connectNatsBus, type NatsBusLike } from "../sdk/_bus.ts";
-import { BackbeatError } from "../sdk/_errors.ts";
-import { kvBucketName, KvLease, type KvLeaseOptions } from "../sdk/_lease.ts";
-import { startNatsServer } from "./_nats_server.ts";
+import { BackbeatError } from "../core/mod.ts";
+import {
+  connectNatsBus,
+  kvBucketName,
+  type KvLeaseOptions,
+  type NatsBusLike,
+  openKvLease,
+} from "../nats/mod.ts";
+import { startNatsServer } from "./nats_server.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -17,7 +22,7 @@ async function until(cond: () => boolean, ms: number, what: string): Promise<num
 }
 
 async function lease(bus: NatsBusLike, holderId: string, extra: Partial<KvLeaseOptions> = {}) {
-  return await KvLease.open({ bus, bucket: "backbeat_t_pulse", holderId, ttlMs: 400, ...extra });
+  return await openKvLease({ bus, bucket: "backbeat_t_pulse", holderId, ttlMs: 400, ...extra });
 }
 
 Deno.test("kvBucketName() keeps safe cluster ids and maps others without collisions", async () => {

@@ -2,8 +2,7 @@
 // SIGTERM, a SIGSTOPped leader that must notice it was deposed, tempo changes over NATS.
 import assert from "node:assert/strict";
 import { validateMessage } from "../schemas/mod.ts";
-import { windowId } from "../sdk/_window_id.ts";
-import { parseInstant } from "../sdk/_timeline.ts";
+import { parseInstant, windowId } from "../core/mod.ts";
 import {
   currentLeader,
   measureHandover,
@@ -12,8 +11,8 @@ import {
   spawnPulse,
   waitFor,
   watchBeats,
-} from "./_pulse_procs.ts";
-import { startNatsServer } from "./_nats_server.ts";
+} from "./pulse_procs.ts";
+import { startNatsServer } from "./nats_server.ts";
 
 const CLUSTER = "hatest";
 const PERIOD = 500; // 120 BPM
@@ -207,7 +206,7 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
 });
 
 Deno.test("a follower rejects malformed frames on the beat subject and its successor timeline stays intact", async () => {
-  const { connectNatsBus } = await import("../sdk/_bus.ts");
+  const { connectNatsBus } = await import("../nats/mod.ts");
   const { Pulse } = await import("../pulse/mod.ts");
   await using server = await startNatsServer();
   const busA = await connectNatsBus({ servers: server.url });

@@ -5,14 +5,18 @@
 
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { connectNatsBus, type NatsBusLike } from "../sdk/_bus.ts";
-import { HybridLogicalClock } from "../sdk/_hlc.ts";
-import type { BarReport, BeatFrame, ClaimState } from "../sdk/_messages.ts";
-import { generateSigningKeyPair } from "../sdk/_signing.ts";
+import {
+  type BarReport,
+  type BeatFrame,
+  type ClaimState,
+  generateSigningKeyPair,
+  HybridLogicalClock,
+} from "../core/mod.ts";
+import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
 import { Reverb } from "../reverb/mod.ts";
-import { startNatsServer } from "./_nats_server.ts";
-import { makeClaim, signedMessage, until } from "./_reverb_helpers.ts";
+import { startNatsServer } from "./nats_server.ts";
+import { makeClaim, signedMessage, until } from "./reverb_helpers.ts";
 
 const CHROMIUM_ARGS = [
   "--headless",

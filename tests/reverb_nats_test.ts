@@ -2,17 +2,22 @@
 // 240 BPM (250 ms beats, 1 s bars).
 
 import assert from "node:assert/strict";
-import { type BusMessage, connectNatsBus, type NatsBusLike } from "../sdk/_bus.ts";
-import { Client } from "../sdk/_client.ts";
-import { defaultConfig } from "../sdk/_config.ts";
-import { HybridLogicalClock } from "../sdk/_hlc.ts";
-import { Timeline } from "../sdk/_timeline.ts";
-import type { BarReport, BeatFrame, StatusClaim } from "../sdk/_messages.ts";
-import { type GeneratedKeyPair, generateSigningKeyPair } from "../sdk/_signing.ts";
+import {
+  type BarReport,
+  type BeatFrame,
+  type BusMessage,
+  type GeneratedKeyPair,
+  generateSigningKeyPair,
+  HybridLogicalClock,
+  type StatusClaim,
+  Timeline,
+} from "../core/mod.ts";
+import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
+import { Client, defaultConfig } from "../sdk/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
 import { barStreamName, Reverb } from "../reverb/mod.ts";
-import { startNatsServer } from "./_nats_server.ts";
-import { hlcAt, makeClaim, signedMessage, until } from "./_reverb_helpers.ts";
+import { startNatsServer } from "./nats_server.ts";
+import { hlcAt, makeClaim, signedMessage, until } from "./reverb_helpers.ts";
 
 const TEMPO = 240;
 const BEAT_MS = 60_000 / TEMPO;

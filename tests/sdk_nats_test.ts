@@ -10,17 +10,16 @@ import {
   connectNatsBus,
   defaultConfig,
   generateSigningKeyPair,
-  importPublicKey,
   InvalidMessageError,
   type NatsBusLike,
   type StatusClaim,
   subjects,
-  verifyPayload,
 } from "../mod.ts";
+import { importPublicKey, verifyPayload } from "../core/mod.ts";
 import { beatFeedOf } from "../sdk/_beat_feed.ts";
-import { leaseNatsBus, natsPoolStats } from "../sdk/_nats_pool.ts";
-import { type NatsServer, startNatsServer } from "./_nats_server.ts";
-import { BeatSource, quietLogger, recordBeats, until } from "./_sdk_helpers.ts";
+import { leaseNatsBus, natsPoolStats } from "../nats/mod.ts";
+import { type NatsServer, startNatsServer } from "./nats_server.ts";
+import { BeatSource, quietLogger, recordBeats, until } from "./sdk_helpers.ts";
 
 const dec = new TextDecoder();
 const CLUSTER = "nats-sdk";

@@ -10,7 +10,7 @@ import {
   subjects,
 } from "../mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { quietLogger } from "./_sdk_helpers.ts";
+import { quietLogger } from "./sdk_helpers.ts";
 
 const dec = new TextDecoder();
 

@@ -1,5 +1,4 @@
-import type { BeatFrame, Phase } from "./_messages.ts";
-import { PHASES } from "./_messages.ts";
+import { type BeatFrame, type Phase, PHASES } from "./_messages.ts";
 import { windowId } from "./_window_id.ts";
 
 /** Default beats in a bar. */

@@ -1,10 +1,7 @@
 // Helpers for reverb's tests: claims, HLC stamps and signed messages built by hand so each test
 // controls exactly what reaches reverb.
 
-import type { BusMessage } from "../sdk/_bus.ts";
-import { formatHlc } from "../sdk/_hlc.ts";
-import type { StatusClaim } from "../sdk/_messages.ts";
-import { signPayload } from "../sdk/_signing.ts";
+import { type BusMessage, formatHlc, signPayload, type StatusClaim } from "../core/mod.ts";
 
 const encoder = new TextEncoder();
 

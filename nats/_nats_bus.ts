@@ -1,23 +1,31 @@
 // Loaded only through connectNatsBus()'s dynamic import: the embedded path never pulls nats.js in.
-import { connect, headers as natsHeaders } from "@nats-io/transport-node";
-import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
-import { BackbeatError } from "./_errors.ts";
-import { IsolatedEventTarget } from "./_events.ts";
+import {
+  connect,
+  headers as natsHeaders,
+  type Msg,
+  type NatsConnection,
+  type Subscription,
+} from "@nats-io/transport-node";
 import {
   assertSubject,
+  BackbeatError,
+  type BusEventMap,
   type BusHandler,
   type BusHeaders,
   type BusMessage,
   type BusStatus,
   type BusStatusDetail,
   type BusSubscription,
+  IsolatedEventTarget,
+  type PublishOptions,
+  type SubscribeOptions,
+} from "../core/mod.ts";
+import { Backoff } from "./_backoff.ts";
+import {
   DEFAULT_MAX_RECONNECT_WAIT_MS,
   type NatsBusLike,
   type NatsBusOptions,
-  type PublishOptions,
-  type SubscribeOptions,
-} from "./_bus.ts";
-import { Backoff } from "./_backoff.ts";
+} from "./_options.ts";
 
 class NatsSubscription implements BusSubscription {
   readonly subject: string;
@@ -45,7 +53,7 @@ function readHeaders(msg: Msg): BusHeaders | undefined {
 }
 
 /** A {@linkcode NatsBusLike} over nats.js (`@nats-io/transport-node`). */
-export class NatsBus extends IsolatedEventTarget implements NatsBusLike {
+export class NatsBus extends IsolatedEventTarget<BusEventMap> implements NatsBusLike {
   readonly connection: NatsConnection;
   readonly url: string;
   /** Slow-consumer drops per subscription, as reported by nats.js. */
@@ -203,6 +211,11 @@ export class NatsBus extends IsolatedEventTarget implements NatsBusLike {
       this.#set("closed");
     })();
     return this.#closing;
+  }
+
+  /** Closes, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 
   async #watch(): Promise<void> {

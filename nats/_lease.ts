@@ -3,11 +3,8 @@
 import { jetstream, JetStreamApiError } from "@nats-io/jetstream";
 import { type KV, Kvm, KvWatchInclude } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import type { NatsBusLike } from "./_bus.ts";
-import { type Clock, SystemClock } from "./_clock.ts";
-import { BackbeatError } from "./_errors.ts";
-import { IsolatedEventTarget } from "./_events.ts";
-import { assertClusterId } from "./_subjects.ts";
+import type { NatsBusLike } from "./_options.ts";
+import { BackbeatError, type Clock, IsolatedEventTarget, SystemClock } from "../core/mod.ts";
 
 /** Default for {@linkcode KvLeaseOptions.key}. */
 export const DEFAULT_LEASE_KEY = "leader";
@@ -43,7 +40,7 @@ export type LeaseLossReason = typeof LeaseLossReason[keyof typeof LeaseLossReaso
 export interface KvLeaseOptions {
   /** A bus connected to NATS (JetStream enabled). */
   bus: NatsBusLike;
-  /** KV bucket, created when missing (see {@linkcode kvBucketName}). */
+  /** KV bucket, created when missing (see `kvBucketName()`). */
   bucket: string;
   /** Key holding the lease. @default {"leader"} */
   key?: string;
@@ -82,36 +79,6 @@ interface LeaseValue {
 const BUCKET_SAFE = /^[A-Za-z0-9_-]{1,64}$/;
 const KEY = /^[-/_=.a-zA-Z0-9]+$/;
 
-/**
- * Names a KV bucket for a cluster and role, e.g. `backbeat_chorus-dev_pulse`. Cluster ids with
- * characters a bucket name cannot hold are mapped to `_` and suffixed with a SHA-256 prefix so
- * distinct ids never share a bucket.
- *
- * @param clusterId The cluster id.
- * @param role The service, e.g. `pulse` or `reverb` (letters, digits, `_`, `-`).
- * @returns A valid bucket name.
- * @throws {TypeError} On an invalid cluster id or role.
- *
- * @example Name pulse's bucket
- * ```ts ignore
- * import { kvBucketName } from "./_lease.ts";
- * console.log(await kvBucketName("chorus-dev", "pulse")); // "backbeat_chorus-dev_pulse"
- * ```
- */
-export async function kvBucketName(clusterId: string, role: string): Promise<string> {
-  assertClusterId(clusterId);
-  if (typeof role !== "string" || !/^[A-Za-z0-9_-]{1,32}$/.test(role)) {
-    throw new TypeError(`Invalid role ${JSON.stringify(role)}: expected 1 to 32 of [A-Za-z0-9_-]`);
-  }
-  if (BUCKET_SAFE.test(clusterId)) return `backbeat_${clusterId}_${role}`;
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(clusterId)),
-  );
-  const hash = Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
-  const safe = clusterId.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 48);
-  return `backbeat_${safe}_${hash}_${role}`;
-}
-
 function isWrongSequence(error: unknown): boolean {
   const code = error instanceof JetStreamApiError ? error.code : undefined;
   return code === 10071 || code === 10164;
@@ -141,7 +108,7 @@ function randomId(): string {
  *
  * @example Lead while the lease is held
  * ```ts ignore
- * import { connectNatsBus } from "./_bus.ts";
+ * import { connectNatsBus } from "../core/mod.ts";
  * import { KvLease } from "./_lease.ts";
  * const bus = await connectNatsBus({ servers: "nats://127.0.0.1:4222" });
  * const lease = await KvLease.open({ bus, bucket: "backbeat_dev_pulse", holderId: "p1" });

@@ -1,7 +1,7 @@
 // Runs pulse processes (pulse/main.ts) against a test nats-server and watches the beat subject:
 // shared by tests/pulse_nats_test.ts and bench/pulse_bench.ts.
-import { connectNatsBus, type NatsBusLike } from "../sdk/_bus.ts";
-import type { BeatFrame } from "../sdk/_messages.ts";
+import type { BeatFrame } from "../core/mod.ts";
+import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
 
 const MAIN = new URL("../pulse/main.ts", import.meta.url).pathname;
 

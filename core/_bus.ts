@@ -88,6 +88,16 @@ export interface Bus extends EventTarget {
   flush(): Promise<void>;
   /** Drains and closes. Idempotent. */
   close(): Promise<void>;
+  /** Closes, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** The events of a {@linkcode Bus}. */
+export interface BusEventMap {
+  /** The connection state changed. */
+  status: CustomEvent<BusStatusDetail>;
+  /** A failure with no caller to throw to (a throwing handler, a slow consumer). */
+  error: ErrorEvent;
 }
 
 /** Default for {@linkcode InMemoryBusOptions.maxPending}. */
@@ -174,7 +184,7 @@ class MemorySubscription implements BusSubscription {
  * await bus.close();
  * ```
  */
-export class InMemoryBus extends IsolatedEventTarget implements Bus {
+export class InMemoryBus extends IsolatedEventTarget<BusEventMap> implements Bus {
   readonly maxPayload: number;
   readonly reconnects: number = 0;
   #maxPending: number;
@@ -272,6 +282,11 @@ export class InMemoryBus extends IsolatedEventTarget implements Bus {
     );
   }
 
+  /** Closes, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   /** @ignore Called by a subscription when it ends. */
   _remove(sub: MemorySubscription): void {
     this.#subs.delete(sub);
@@ -326,63 +341,4 @@ export class InMemoryBus extends IsolatedEventTarget implements Bus {
       for (const resolve of waiting) resolve();
     }
   }
-}
-
-/** Default for {@linkcode NatsBusOptions.maxReconnectWait}. */
-export const DEFAULT_MAX_RECONNECT_WAIT_MS = 10_000;
-
-/** Options of `connectNatsBus()`. */
-export interface NatsBusOptions {
-  /** Server URL(s), e.g. `nats://localhost:4222`. */
-  servers: string | string[];
-  /** Connection name shown by the server. @default {"backbeat"} */
-  name?: string;
-  /** User name. @default {undefined} */
-  user?: string;
-  /** Password. @default {undefined} */
-  pass?: string;
-  /** Auth token. @default {undefined} */
-  token?: string;
-  /** Reconnect attempts; -1 reconnects forever. @default {-1} */
-  maxReconnectAttempts?: number;
-  /** First wait between reconnect attempts in ms; it doubles per failure (with jitter). @default {250} */
-  reconnectTimeWait?: number;
-  /** Longest wait between reconnect attempts in ms. @default {10000} */
-  maxReconnectWait?: number;
-  /** Connect timeout in ms. @default {5000} */
-  timeout?: number;
-  /** Keep retrying when the first connect fails instead of throwing. @default {false} */
-  waitOnFirstConnect?: boolean;
-}
-
-/**
- * A {@linkcode Bus} over a real NATS server, with access to the underlying nats.js connection
- * for JetStream and KV. Obtain one with {@linkcode connectNatsBus}.
- */
-export interface NatsBusLike extends Bus {
-  /** The underlying nats.js `NatsConnection`. */
-  readonly connection: unknown;
-  /** The server URL it was asked to connect to (first one). */
-  readonly url: string;
-}
-
-/**
- * Connects a {@linkcode Bus} to NATS. The nats.js client is loaded here, on first use, so an
- * embedded user never loads it.
- *
- * @param options Servers, credentials, reconnect policy.
- * @returns A connected bus.
- * @throws {BackbeatError} `connection` when the first connect fails (unless
- * `waitOnFirstConnect`).
- *
- * @example Connect and close
- * ```ts ignore
- * import { connectNatsBus } from "@chorus/backbeat";
- * const bus = await connectNatsBus({ servers: "nats://localhost:4222" });
- * await bus.close();
- * ```
- */
-export async function connectNatsBus(options: NatsBusOptions): Promise<NatsBusLike> {
-  const { NatsBus } = await import("./_nats_bus.ts");
-  return await NatsBus.connect(options);
 }

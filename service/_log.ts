@@ -1,4 +1,5 @@
 // Structured logging shared by the services (pulse, reverb): one JSON object per line.
+import type { LogFields, Logger } from "../core/mod.ts";
 
 /** Log levels, least to most severe. */
 export const LogLevel = {
@@ -12,29 +13,6 @@ export type LogLevel = typeof LogLevel[keyof typeof LogLevel];
 
 /** Every level, least severe first. */
 export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
-
-/** Structured fields attached to a log line. */
-export type LogFields = Readonly<Record<string, unknown>>;
-
-/** What the services log through. Implementations must never throw. */
-export interface Logger {
-  /** Detail for debugging. */
-  debug(msg: string, fields?: LogFields): void;
-  /** Normal operation (leadership changes, tempo changes, startup). */
-  info(msg: string, fields?: LogFields): void;
-  /** Something went wrong but the service carries on (a rejected message). */
-  warn(msg: string, fields?: LogFields): void;
-  /** Something failed. */
-  error(msg: string, fields?: LogFields): void;
-}
-
-/** A logger that drops everything: the library default, so embedding stays quiet. */
-export const silentLogger: Logger = {
-  debug() {},
-  info() {},
-  warn() {},
-  error() {},
-};
 
 /**
  * Parses a level name.

@@ -1,5 +1,6 @@
-// Test helpers for the SDK client: a hand-driven beat source (frames exactly as pulse builds
-// them, from a Timeline), a bus whose connection can be cut, a quiet logger, and polling.
+// Test helpers for the SDK client: a bus whose connection can be cut, a quiet logger, polling;
+// the hand-driven beat source is public, in testing/.
+export { BeatSource } from "../testing/mod.ts";
 import {
   BackbeatError,
   type BeatFrame,
@@ -9,16 +10,11 @@ import {
   type BusStatusDetail,
   type BusSubscription,
   type Client,
-  type ClientLogger,
-  HybridLogicalClock,
   InMemoryBus,
+  type Logger,
   type PublishOptions,
-  subjects,
   type SubscribeOptions,
-  Timeline,
 } from "../mod.ts";
-
-const enc = new TextEncoder();
 
 /** Waits until `cond()` holds, polling every few ms. */
 export async function until(cond: () => boolean, ms = 5000, what = "condition"): Promise<void> {
@@ -35,63 +31,12 @@ export function settle(): Promise<void> {
 }
 
 /** A logger that keeps what it is told. */
-export function quietLogger(): ClientLogger & { lines: string[] } {
+export function quietLogger(): Logger & { lines: string[] } {
   const lines: string[] = [];
   const keep = (...data: unknown[]) => {
     lines.push(data.map(String).join(" "));
   };
   return { lines, debug: keep, info: keep, warn: keep, error: keep };
-}
-
-/** Publishes BeatFrames by hand on a cluster's beat subject, built as pulse builds them. */
-export class BeatSource {
-  readonly timeline: Timeline;
-  readonly #bus: Bus;
-  readonly #cluster: string;
-  readonly #hlc = new HybridLogicalClock();
-  readonly pulseId: string;
-
-  constructor(
-    bus: Bus,
-    clusterId: string,
-    options: { tempoBpm?: number; beatsPerBar?: number; originTime?: number; pulseId?: string } =
-      {},
-  ) {
-    this.#bus = bus;
-    this.#cluster = clusterId;
-    this.pulseId = options.pulseId ?? "pulse-a";
-    this.timeline = new Timeline({
-      originTime: options.originTime ?? 0,
-      tempoBpm: options.tempoBpm ?? 60,
-      beatsPerBar: options.beatsPerBar ?? 4,
-    });
-  }
-
-  /** The frame pulse would publish for `index`. */
-  frame(index: number): Promise<BeatFrame> {
-    return this.timeline.frame(this.#cluster, index, this.#hlc.now());
-  }
-
-  /** Publishes beat `index` (optionally altered) with pulse's headers. */
-  async publish(index: number, alter?: (f: BeatFrame) => unknown): Promise<BeatFrame> {
-    const frame = await this.frame(index);
-    const body = alter ? alter(frame) ?? frame : frame;
-    this.publishRaw(typeof body === "string" ? body : JSON.stringify(body), frame);
-    return frame;
-  }
-
-  /** Publishes a text as-is on the beat subject. */
-  publishRaw(text: string, frame?: BeatFrame): void {
-    this.#bus.publish(subjects(this.#cluster).beat, enc.encode(text), {
-      headers: {
-        "x-window-id": frame?.window_id ?? "",
-        "x-hlc": frame?.hlc ?? "",
-        "x-pulse-id": this.pulseId,
-        "x-fencing-token": "1",
-        "x-pulse-sent": String(performance.timeOrigin + performance.now()),
-      },
-    });
-  }
 }
 
 /** Records what a client's beat callbacks receive. */
@@ -153,5 +98,9 @@ export class SwitchBus extends EventTarget implements Bus {
   async close(): Promise<void> {
     await this.inner.close();
     this.set("closed");
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 }

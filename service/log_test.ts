@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { JsonLogger, parseLogLevel, silentLogger } from "./_log.ts";
+import { silentLogger } from "../core/mod.ts";
+import { JsonLogger, parseLogLevel } from "./_log.ts";
 
 Deno.test("JsonLogger writes one JSON object per line at or above its level", () => {
   const lines: string[] = [];

@@ -1,12 +1,13 @@
 /**
- * An `EventTarget` whose listeners cannot take the process down: in Deno an exception thrown by
+ * An `EventTarget` with typed events (`EventMap` maps each type to its event class) whose
+ * listeners cannot take the process down: in Deno an exception thrown by
  * a listener is an uncaught error that ends the program, which a long-running service must not
  * allow for user code. A throwing listener is caught and handed to
  * {@linkcode IsolatedEventTarget.onListenerError}; the other listeners still run.
  *
  * @example A throwing listener is isolated
  * ```ts
- * import { IsolatedEventTarget } from "@chorus/backbeat/sdk";
+ * import { IsolatedEventTarget } from "@chorus/backbeat";
  * const target = new IsolatedEventTarget();
  * target.addEventListener("beat", () => { throw new Error("bug in user code"); });
  * target.addEventListener("beat", () => console.log("still runs"));
@@ -14,7 +15,8 @@
  * console.log(target.listenerErrors); // 1
  * ```
  */
-export class IsolatedEventTarget extends EventTarget {
+export class IsolatedEventTarget<EventMap extends object = Record<string, Event>>
+  extends EventTarget {
   #wrapped = new WeakMap<object, Map<string, EventListener>>();
   #errors = 0;
 
@@ -24,12 +26,30 @@ export class IsolatedEventTarget extends EventTarget {
   }
 
   /**
-   * Adds a listener that is isolated from the others and from the process.
+   * Adds a listener that is isolated from the others and from the process. The event map types
+   * the listener's event, so `e.detail` needs no cast.
    *
    * @param type The event type.
    * @param listener The listener.
    * @param options Standard listener options.
    */
+  override addEventListener<K extends keyof EventMap & string>(
+    type: K,
+    listener: ((event: EventMap[K]) => void) | { handleEvent(event: EventMap[K]): void } | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /**
+   * Adds a listener for an event type outside the event map.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options Standard listener options.
+   */
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
   override addEventListener(
     type: string,
     listener: EventListenerOrEventListenerObject | null,
@@ -46,6 +66,23 @@ export class IsolatedEventTarget extends EventTarget {
    * @param listener The listener.
    * @param options Standard listener options.
    */
+  override removeEventListener<K extends keyof EventMap & string>(
+    type: K,
+    listener: ((event: EventMap[K]) => void) | { handleEvent(event: EventMap[K]): void } | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /**
+   * Removes a listener for an event type outside the event map.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options Standard listener options.
+   */
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
   override removeEventListener(
     type: string,
     listener: EventListenerOrEventListenerObject | null,

@@ -1,7 +1,7 @@
 // Clients in one process share one NATS connection per (server URL, credentials): a refcounted
 // cache, closed (drained) when its last client stops.
-import { connectNatsBus, type NatsBusLike } from "./_bus.ts";
-import type { NatsConnectionOptions } from "./_config.ts";
+import { connectNatsBus } from "./_connect.ts";
+import type { NatsBusLike, NatsConnectionOptions } from "./_options.ts";
 
 interface Entry {
   refs: number;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parseFlags, parseHostPort, parseNumber } from "./_cli_util.ts";
+import { parseFlags, parseHostPort, parseNumber } from "./_flags.ts";
 
 const specs = [
   { name: "cluster", env: "X_CLUSTER" },

@@ -1,0 +1,341 @@
+// Infers the cluster's schedule from the frames seen on the beat subject. Pulse followers (to
+// continue the timeline on takeover), the SDK (synthetic beats, window-id look-ahead) and reverb
+// (window boundaries, drift) all read frames through one of these.
+import type { BeatFrame, Phase } from "./_messages.ts";
+import { windowId } from "./_window_id.ts";
+import { DEFAULT_BEATS_PER_BAR, defaultPhases, parseInstant, Timeline } from "./_timeline.ts";
+
+/** Most beats in a bar the contract allows. */
+const MAX_BEATS_PER_BAR = 64;
+
+/** How a frame changed what the tracker knows. */
+export const FrameStatus = {
+  /** A beat later than any seen: tracked. */
+  New: "new",
+  /** At or below the latest beat seen (a duplicate, or a deposed pulse's frame): not tracked. */
+  Stale: "stale",
+  /**
+   * A run of consecutive beats below the latest, two bars long: the cluster's timeline was
+   * restarted. The tracker forgot the old one and follows the new one from this frame.
+   */
+  Restart: "restart",
+  /** A `deadline_at` no clock can read (the schema admits leap seconds): not tracked. */
+  Unreadable: "unreadable",
+} as const;
+/** One of {@linkcode FrameStatus}'s values. */
+export type FrameStatus = typeof FrameStatus[keyof typeof FrameStatus];
+
+/** What {@linkcode FrameTracker.observe} found. */
+export interface FrameObservation {
+  /** How the frame was taken. */
+  readonly status: FrameStatus;
+  /** The bar grid moved (a new beats-per-bar, or a downbeat off the grid); only for `new`. */
+  readonly barChanged: boolean;
+  /** Position of the frame's beat in its bar (0 for a downbeat); only for `new`/`restart`. */
+  readonly position: number;
+}
+
+/**
+ * Where a tracked timeline is pinned in time:
+ * - `"arrival"`: the latest beat was due when its frame arrived (a listener's view, which
+ *   includes the delivery delay);
+ * - `"deadline"`: from the frame's `deadline_at`, which pulse writes to the microsecond, so the
+ *   timeline is pulse's own schedule;
+ * - `{ beat, at }`: the given beat is due at the given instant (a successor continuing the beats).
+ */
+export type TimelineAnchor = "arrival" | "deadline" | {
+  readonly beat: number;
+  readonly at: number;
+};
+
+/** Options of {@linkcode FrameTracker}. */
+export interface FrameTrackerOptions {
+  /** Beats per bar assumed until frames tell (v1.0 frames without two downbeats seen). @default {4} */
+  beatsPerBarHint?: number;
+}
+
+/** The latest frame tracked, with its arrival. */
+export interface TrackedFrame {
+  /** The frame. */
+  readonly frame: BeatFrame;
+  /** When it arrived, on the observer's clock (epoch ms). */
+  readonly arrival: number;
+  /** When its beat was due by its `deadline_at` (epoch ms). */
+  readonly due: number;
+}
+
+/**
+ * Follows the frames of one cluster and answers what they imply: the latest beat, the bar grid
+ * (beats per bar, a downbeat), the learned phase of each bar position, the tempo and a tempo
+ * change the frames announced, and a {@linkcode Timeline} anchored on arrival, on `deadline_at`,
+ * or on a given instant.
+ *
+ * Frames must come through the frame gate (`decodeBeatFrame()`); the tracker checks order, not
+ * shape.
+ *
+ * @example Learn a timeline from two frames
+ * ```ts ignore
+ * import { FrameTracker, Timeline } from "./mod.ts";
+ * const source = new Timeline({ originTime: 0, tempoBpm: 120 });
+ * const tracker = new FrameTracker();
+ * tracker.observe(await source.frame("dev", 0, "0000000000000000"), 3);
+ * tracker.observe(await source.frame("dev", 1, "0000000000000001"), 503);
+ * console.log(tracker.timeline("deadline")?.dueAt(4)); // 2000
+ * console.log(tracker.timeline("arrival")?.dueAt(4)); // 2003
+ * ```
+ */
+export class FrameTracker {
+  readonly #hint: number;
+  #last: TrackedFrame | undefined;
+  #lastDownbeat: number | undefined;
+  #previousDownbeat: number | undefined;
+  #beatsPerBar: number;
+  #barOrigin: number | undefined;
+  #phases: Phase[];
+  #deadline: Timeline | undefined;
+  #lowRun: { last: number; count: number } | undefined;
+  #restarts = 0;
+  #stale = 0;
+
+  /**
+   * Creates a tracker that has seen nothing.
+   *
+   * @param options The beats-per-bar hint.
+   * @throws {RangeError} When the hint is not an integer from 1 to 64.
+   */
+  constructor(options: FrameTrackerOptions = {}) {
+    const hint = options.beatsPerBarHint ?? DEFAULT_BEATS_PER_BAR;
+    if (!(Number.isInteger(hint) && hint >= 1 && hint <= MAX_BEATS_PER_BAR)) {
+      throw new RangeError(`Invalid beatsPerBarHint ${hint}: expected an integer from 1 to 64`);
+    }
+    this.#hint = hint;
+    this.#beatsPerBar = hint;
+    this.#phases = defaultPhases(hint);
+  }
+
+  /** The latest frame tracked. */
+  get last(): TrackedFrame | undefined {
+    return this.#last;
+  }
+
+  /** beat_index of the latest downbeat seen. */
+  get lastDownbeat(): number | undefined {
+    return this.#lastDownbeat;
+  }
+
+  /** Beats in a bar: from the frames, else the spacing of two downbeats, else the hint. */
+  get beatsPerBar(): number {
+    return this.#beatsPerBar;
+  }
+
+  /** A beat_index known to be a downbeat, once one was seen (or located). */
+  get barOrigin(): number | undefined {
+    return this.#barOrigin;
+  }
+
+  /** The phase of each bar position, as the frames showed them (defaults where unseen). */
+  get phases(): readonly Phase[] {
+    return this.#phases;
+  }
+
+  /** The tempo of the latest frame. */
+  get tempoBpm(): number | undefined {
+    return this.#last?.frame.tempo_bpm;
+  }
+
+  /** The tempo the latest frame announced for the next downbeat, if it differs. */
+  get announcedTempoBpm(): number | undefined {
+    const f = this.#last?.frame;
+    return f?.next_tempo_bpm !== undefined && f.next_tempo_bpm !== f.tempo_bpm
+      ? f.next_tempo_bpm
+      : undefined;
+  }
+
+  /** Frames refused as stale so far. */
+  get staleFrames(): number {
+    return this.#stale;
+  }
+
+  /** Timeline restarts followed so far. */
+  get restarts(): number {
+    return this.#restarts;
+  }
+
+  /**
+   * Position of a beat in its bar on the tracked grid.
+   *
+   * @param beat A beat_index.
+   * @returns 0 for a downbeat, up to `beatsPerBar - 1`.
+   */
+  positionInBar(beat: number): number {
+    const m = (beat - (this.#barOrigin ?? 0)) % this.#beatsPerBar;
+    return m < 0 ? m + this.#beatsPerBar : m;
+  }
+
+  /**
+   * Takes a frame into account.
+   *
+   * @param frame A frame from the gate.
+   * @param arrival When it arrived, on the observer's clock (epoch ms).
+   * @returns How it was taken.
+   */
+  observe(frame: BeatFrame, arrival: number): FrameObservation {
+    const deadline = parseInstant(frame.deadline_at);
+    if (!Number.isFinite(deadline)) return { status: "unreadable", barChanged: false, position: 0 };
+    const beat = frame.beat_index;
+    let status: FrameStatus = "new";
+    if (this.#last !== undefined && beat <= this.#last.frame.beat_index) {
+      this.#stale++;
+      // A deposed pulse sends at most a beat or so of old frames. Two bars of consecutive beats
+      // below the highest seen mean the cluster's timeline was restarted: follow the new one.
+      const run = this.#lowRun;
+      this.#lowRun = run !== undefined && beat === run.last + 1
+        ? { last: beat, count: run.count + 1 }
+        : { last: beat, count: 1 };
+      const bpb = frame.beats_per_bar ?? this.#beatsPerBar;
+      if (this.#lowRun.count < 2 * bpb) return { status: "stale", barChanged: false, position: 0 };
+      this.#restarts++;
+      this.#forget();
+      status = "restart";
+    }
+    this.#lowRun = undefined;
+    const barChanged = this.#learnGrid(frame);
+    const pos = this.positionInBar(beat);
+    if (this.#phases[pos] !== frame.phase) {
+      this.#phases = [...this.#phases];
+      this.#phases[pos] = frame.phase;
+      this.#deadline = undefined;
+    }
+    // deadline_at ends this beat's phase: step back over the phase's remaining beats.
+    let k = pos + 1;
+    while (k < this.#beatsPerBar && this.#phases[k] === this.#phases[pos]) k++;
+    const due = deadline - (k - pos) * (60_000 / frame.tempo_bpm);
+    this.#last = { frame, arrival, due };
+    this.#refreshDeadlineTimeline(frame, due, barChanged);
+    return { status, barChanged: barChanged && status === "new", position: pos };
+  }
+
+  /**
+   * Locates the bar grid from the latest frame's window id when no downbeat has been seen (at
+   * most 64 digests), so a tracker that joined mid-bar knows where bars start.
+   *
+   * @returns The downbeat found, or `undefined`.
+   */
+  async locateBar(): Promise<number | undefined> {
+    if (this.#barOrigin !== undefined) return this.#barOrigin;
+    const f = this.#last?.frame;
+    if (f === undefined) return undefined;
+    const low = Math.max(0, f.beat_index - Math.min(this.#beatsPerBar, MAX_BEATS_PER_BAR) + 1);
+    const want = f.window_id.toLowerCase();
+    for (let d = f.beat_index; d >= low; d--) {
+      if (await windowId(f.cluster_id, d) === want) {
+        // Only if nothing newer was learned meanwhile.
+        if (this.#barOrigin === undefined && this.#last?.frame === f) {
+          this.#barOrigin = d;
+          this.#deadline = undefined;
+        }
+        return this.#barOrigin;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * The schedule the frames imply, with the tempo change they announced.
+   *
+   * @param anchor Where the timeline is pinned in time. @default {"deadline"}
+   * @returns The timeline, or `undefined` before the first frame.
+   */
+  timeline(anchor: TimelineAnchor = "deadline"): Timeline | undefined {
+    const last = this.#last;
+    if (last === undefined) return undefined;
+    if (anchor === "deadline") {
+      this.#deadline ??= this.#build(last.frame.beat_index, last.due, last.frame);
+      return this.#deadline;
+    }
+    if (anchor === "arrival") return this.#build(last.frame.beat_index, last.arrival, last.frame);
+    return this.#build(anchor.beat, anchor.at, last.frame);
+  }
+
+  /** Forgets everything seen (the counters stay). */
+  reset(): void {
+    this.#forget();
+    this.#lowRun = undefined;
+  }
+
+  #forget(): void {
+    this.#last = undefined;
+    this.#lastDownbeat = undefined;
+    this.#previousDownbeat = undefined;
+    this.#barOrigin = undefined;
+    this.#beatsPerBar = this.#hint;
+    this.#phases = defaultPhases(this.#hint);
+    this.#deadline = undefined;
+  }
+
+  // Beats per bar and the bar origin; true when the grid moved under an existing one.
+  #learnGrid(frame: BeatFrame): boolean {
+    const beat = frame.beat_index;
+    const hadGrid = this.#last !== undefined;
+    let changed = false;
+    if (frame.downbeat) {
+      if (this.#lastDownbeat !== undefined && beat > this.#lastDownbeat) {
+        this.#previousDownbeat = this.#lastDownbeat;
+      }
+      this.#lastDownbeat = beat;
+    }
+    const spacing = this.#lastDownbeat !== undefined && this.#previousDownbeat !== undefined
+      ? this.#lastDownbeat - this.#previousDownbeat
+      : undefined;
+    const bpb = frame.beats_per_bar ??
+      (spacing !== undefined && spacing >= 1 && spacing <= MAX_BEATS_PER_BAR
+        ? spacing
+        : this.#beatsPerBar);
+    if (bpb !== this.#beatsPerBar) {
+      // The bar shape changed (pulse reconfigured): learned phases no longer apply.
+      this.#beatsPerBar = bpb;
+      this.#phases = defaultPhases(bpb);
+      changed = hadGrid;
+    }
+    if (frame.downbeat && (this.#barOrigin === undefined || this.positionInBar(beat) !== 0)) {
+      changed ||= hadGrid && this.#barOrigin !== undefined;
+      this.#barOrigin = beat;
+    }
+    if (changed) this.#deadline = undefined;
+    return changed;
+  }
+
+  // Keeps the deadline-anchored timeline while frames agree with it, so its identity (and what
+  // callers derived from it) is stable; rebuilds on a tempo, grid or schedule change.
+  #refreshDeadlineTimeline(frame: BeatFrame, due: number, gridChanged: boolean): void {
+    const t = this.#deadline;
+    if (t === undefined || gridChanged) {
+      this.#deadline = undefined;
+      return;
+    }
+    const beat = frame.beat_index;
+    const period = 60_000 / frame.tempo_bpm;
+    const next = this.announcedTempoBpm;
+    if (
+      t.tempoAt(beat) !== frame.tempo_bpm ||
+      Math.abs(t.dueAt(beat) - due) > Math.max(2, period * 0.02) ||
+      (next !== undefined && t.pendingChange(beat)?.tempoBpm !== next)
+    ) {
+      this.#deadline = undefined;
+    }
+  }
+
+  #build(beat: number, at: number, frame: BeatFrame): Timeline {
+    let t = new Timeline({
+      originTime: at,
+      originBeat: beat,
+      tempoBpm: frame.tempo_bpm,
+      beatsPerBar: this.#beatsPerBar,
+      phases: this.#phases,
+      barOrigin: this.#barOrigin ?? 0,
+    });
+    const next = this.announcedTempoBpm;
+    if (next !== undefined) t = t.withTempo(next, Math.max(beat, frame.beat_index));
+    return t;
+  }
+}

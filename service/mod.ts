@@ -1,0 +1,36 @@
+/**
+ * What pulse and reverb share as services, and nothing a library user needs: JSON logs with
+ * rate-limited repeats, Prometheus metrics (labelled families, histograms), command-line flags
+ * with `BACKBEAT_*` environment fallbacks, and timeouts.
+ *
+ * Internal: not an entrypoint of the package. Imports `core/` only.
+ *
+ * @example A JSON log line
+ * ```ts ignore
+ * import { JsonLogger } from "./mod.ts";
+ * new JsonLogger({ fields: { service: "pulse" } }).info("started", { cluster: "dev" });
+ * ```
+ *
+ * @module
+ */
+export {
+  type EnvVars,
+  type FlagSpec,
+  type HostPort,
+  type NumberLimits,
+  type ParsedFlags,
+  parseFlags,
+  parseHostPort,
+  parseNumber,
+} from "./_flags.ts";
+export { JsonLogger, type JsonLoggerOptions, LOG_LEVELS, LogLevel, parseLogLevel } from "./_log.ts";
+export {
+  DEFAULT_LATENCY_BOUNDS_SECONDS,
+  Histogram,
+  type HistogramSnapshot,
+  logBuckets,
+  type MetricLabels,
+  PROMETHEUS_CONTENT_TYPE,
+  PrometheusWriter,
+  quantile,
+} from "./_metrics.ts";
