@@ -35,7 +35,7 @@ export interface SystemClockOptions {
  *
  * @example Schedule a call 10 ms from now
  * ```ts
- * import { SystemClock } from "@chorus/backbeat/sdk";
+ * import { SystemClock } from "./mod.ts";
  * const clock = new SystemClock();
  * await new Promise<void>((done) => clock.schedule(clock.now() + 10, done));
  * ```
@@ -101,7 +101,7 @@ interface Pending {
  *
  * @example Run an hour in a moment
  * ```ts
- * import { ManualClock } from "@chorus/backbeat/sdk";
+ * import { ManualClock } from "./mod.ts";
  * const clock = new ManualClock(0);
  * let fired = 0;
  * clock.schedule(3_600_000, () => fired++);

@@ -185,7 +185,6 @@ export class FrameTracker {
     const beat = frame.beat_index;
     let status: FrameStatus = "new";
     if (this.#last !== undefined && beat <= this.#last.frame.beat_index) {
-      this.#stale++;
       // A deposed pulse sends at most a beat or so of old frames. Two bars of consecutive beats
       // below the highest seen mean the cluster's timeline was restarted: follow the new one.
       const run = this.#lowRun;
@@ -193,7 +192,10 @@ export class FrameTracker {
         ? { last: beat, count: run.count + 1 }
         : { last: beat, count: 1 };
       const bpb = frame.beats_per_bar ?? this.#beatsPerBar;
-      if (this.#lowRun.count < 2 * bpb) return { status: "stale", barChanged: false, position: 0 };
+      if (this.#lowRun.count < 2 * bpb) {
+        this.#stale++;
+        return { status: "stale", barChanged: false, position: 0 };
+      }
       this.#restarts++;
       this.#forget();
       status = "restart";

@@ -37,7 +37,7 @@ function hex4(n: number): string {
  *
  * @example Format a reading
  * ```ts
- * import { formatHlc } from "@chorus/backbeat/sdk";
+ * import { formatHlc } from "./mod.ts";
  * console.log(formatHlc({ physical: 0x7ffd0001, logical: 0xabcd })); // "7ffd:0001:abcd"
  * ```
  */
@@ -54,7 +54,7 @@ export function formatHlc(hlc: Hlc): string {
  *
  * @example Parse a stamp
  * ```ts
- * import { parseHlc } from "@chorus/backbeat/sdk";
+ * import { parseHlc } from "@chorus/backbeat";
  * console.log(parseHlc("7ffd:0001:beef").logical); // 48879
  * ```
  */
@@ -81,7 +81,7 @@ export function parseHlc(text: string): Hlc {
  *
  * @example Across the wrap
  * ```ts
- * import { hlcPhysicalDiff } from "@chorus/backbeat/sdk";
+ * import { hlcPhysicalDiff } from "./mod.ts";
  * console.log(hlcPhysicalDiff({ physical: 5, logical: 0 }, { physical: 0xfffffffb, logical: 0 })); // 10
  * ```
  */
@@ -100,7 +100,7 @@ export function hlcPhysicalDiff(a: Hlc, b: Hlc): number {
  *
  * @example Sort stamps
  * ```ts
- * import { compareHlc } from "@chorus/backbeat/sdk";
+ * import { compareHlc } from "@chorus/backbeat";
  * console.log(["0000:0002:0000", "0000:0001:0005"].sort(compareHlc)); // ["0000:0001:0005", "0000:0002:0000"]
  * ```
  */
@@ -118,7 +118,7 @@ export function compareHlc(a: Hlc | string, b: Hlc | string): -1 | 0 | 1 {
  *
  * @example Stamp local events and merge a remote stamp
  * ```ts
- * import { HybridLogicalClock } from "@chorus/backbeat/sdk";
+ * import { HybridLogicalClock } from "./mod.ts";
  * const clock = new HybridLogicalClock();
  * const a = clock.now();
  * const b = clock.update("0000:0001:0000");

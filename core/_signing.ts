@@ -54,7 +54,7 @@ const PKCS8_PREFIX = new Uint8Array([
  *
  * @example Encode bytes
  * ```ts
- * import { encodeBase64 } from "@chorus/backbeat/sdk";
+ * import { encodeBase64 } from "./mod.ts";
  * console.log(encodeBase64(new TextEncoder().encode("hi"))); // "aGk="
  * ```
  */
@@ -75,7 +75,7 @@ export function encodeBase64(bytes: Uint8Array): string {
  *
  * @example Round-trip bytes
  * ```ts
- * import { decodeBase64, encodeBase64 } from "@chorus/backbeat/sdk";
+ * import { decodeBase64, encodeBase64 } from "./mod.ts";
  * console.log(decodeBase64(encodeBase64(new Uint8Array([1, 2, 3])))); // Uint8Array(3) [ 1, 2, 3 ]
  * ```
  */
@@ -156,7 +156,7 @@ export async function exportPublicKey(key: CryptoKey | JsonWebKey): Promise<stri
  *
  * @example From a seed
  * ```ts
- * import { importSigningKey } from "@chorus/backbeat";
+ * import { importSigningKey } from "./mod.ts";
  * const key = await importSigningKey(crypto.getRandomValues(new Uint8Array(32)));
  * console.log(key.keyId.length); // 16
  * ```
@@ -216,7 +216,7 @@ export async function importSigningKey(
  *
  * @example Sign and verify
  * ```ts
- * import { generateSigningKeyPair, importPublicKey, signPayload, verifyPayload } from "@chorus/backbeat";
+ * import { generateSigningKeyPair, importPublicKey, signPayload, verifyPayload } from "./mod.ts";
  * const { keyPair, publicKey } = await generateSigningKeyPair();
  * const bytes = new TextEncoder().encode("{}");
  * const sig = await signPayload(keyPair.privateKey, bytes);
@@ -238,7 +238,7 @@ export async function signPayload(key: CryptoKey, payload: Uint8Array): Promise<
  *
  * @example Import a keyring entry
  * ```ts
- * import { generateSigningKeyPair, importPublicKey } from "@chorus/backbeat/sdk";
+ * import { generateSigningKeyPair, importPublicKey } from "./mod.ts";
  * const pair = await generateSigningKeyPair();
  * const key = await importPublicKey(pair.publicKey);
  * console.log(key.algorithm.name); // "Ed25519"
@@ -267,7 +267,7 @@ export async function importPublicKey(base64: string): Promise<CryptoKey> {
  *
  * @example Verify a signed payload
  * ```ts
- * import { generateSigningKeyPair, importPublicKey, signPayload, verifyPayload } from "@chorus/backbeat/sdk";
+ * import { generateSigningKeyPair, importPublicKey, signPayload, verifyPayload } from "./mod.ts";
  * const pair = await generateSigningKeyPair();
  * const payload = new TextEncoder().encode('{"state":"idle"}');
  * const signature = await signPayload(pair.keyPair.privateKey, payload);

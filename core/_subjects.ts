@@ -23,7 +23,7 @@ const TOKEN = /^[^\s.*>\u0000-\u001f\u007f]{1,128}$/u;
  *
  * @example Reject a dotted id
  * ```ts
- * import { assertClusterId } from "@chorus/backbeat/sdk";
+ * import { assertClusterId } from "./mod.ts";
  * assertClusterId("chorus-dev"); // fine
  * try { assertClusterId("chorus.dev"); } catch (e) { console.log((e as Error).message); }
  * ```
@@ -47,7 +47,7 @@ export function assertClusterId(clusterId: string): void {
  *
  * @example Subjects of a cluster
  * ```ts
- * import { subjects } from "@chorus/backbeat/sdk";
+ * import { subjects } from "@chorus/backbeat";
  * console.log(subjects("chorus-dev").beat); // "backbeat.chorus-dev.beat"
  * ```
  */

@@ -59,7 +59,7 @@ export interface TimelineJson {
  *
  * @example Four beats
  * ```ts
- * import { defaultPhases } from "@chorus/backbeat/sdk";
+ * import { defaultPhases } from "./mod.ts";
  * console.log(defaultPhases(4)); // ["plan", "execute", "execute", "review"]
  * ```
  */
@@ -81,7 +81,7 @@ export function defaultPhases(beatsPerBar: number): Phase[] {
  *
  * @example Parse a flag value
  * ```ts
- * import { parsePhases } from "@chorus/backbeat/sdk";
+ * import { parsePhases } from "./mod.ts";
  * console.log(parsePhases("plan,execute,review").length); // 3
  * ```
  */
@@ -111,7 +111,7 @@ function assertBeatsPerBar(n: number): void {
  *
  * @example Reject a tempo
  * ```ts
- * import { assertTempo } from "@chorus/backbeat/sdk";
+ * import { assertTempo } from "./mod.ts";
  * try { assertTempo(0.01); } catch (e) { console.log((e as Error).message); }
  * ```
  */
@@ -139,7 +139,7 @@ function assertBeat(beat: number, what: string): void {
  *
  * @example Microsecond precision
  * ```ts
- * import { formatInstant } from "@chorus/backbeat/sdk";
+ * import { formatInstant } from "./mod.ts";
  * console.log(formatInstant(1.5)); // "1970-01-01T00:00:00.001500Z"
  * ```
  */
@@ -162,7 +162,7 @@ export function formatInstant(ms: number): string {
  *
  * @example Round trip
  * ```ts
- * import { formatInstant, parseInstant } from "@chorus/backbeat/sdk";
+ * import { formatInstant, parseInstant } from "./mod.ts";
  * console.log(parseInstant(formatInstant(1_700_000_000_000.25))); // 1700000000000.25
  * ```
  */
@@ -182,7 +182,7 @@ export function parseInstant(text: string): number {
  *
  * @example Ask the schedule
  * ```ts
- * import { Timeline } from "@chorus/backbeat/sdk";
+ * import { Timeline } from "./mod.ts";
  * const t = new Timeline({ originTime: 0, tempoBpm: 120 });
  * console.log(t.dueAt(10), t.isDownbeat(8), t.phaseOf(11)); // 5000 true "review"
  * const faster = t.withTempo(240, 9); // lands on beat 12

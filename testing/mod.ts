@@ -13,7 +13,9 @@
  * const source = new BeatSource(bus, "dev", { tempoBpm: 120 });
  * await using client = new Client({ ...defaultConfig(), clusterId: "dev", agentId: "a1", bus });
  * const seen: number[] = [];
- * client.onBeat((frame) => seen.push(frame.beat_index));
+ * client.onBeat((frame) => {
+ *   seen.push(frame.beat_index);
+ * });
  * await client.start();
  * await source.publish(0);
  * await bus.flush();
