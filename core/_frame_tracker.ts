@@ -230,7 +230,7 @@ export class FrameTracker {
     const low = Math.max(0, f.beat_index - Math.min(this.#beatsPerBar, MAX_BEATS_PER_BAR) + 1);
     const want = f.window_id.toLowerCase();
     for (let d = f.beat_index; d >= low; d--) {
-      if (await windowId(f.cluster_id, d) === want) {
+      if (await windowId(f.cluster_id, d, f.epoch ?? 0) === want) {
         // Only if nothing newer was learned meanwhile.
         if (this.#barOrigin === undefined && this.#last?.frame === f) {
           this.#barOrigin = d;
@@ -335,6 +335,7 @@ export class FrameTracker {
       beatsPerBar: this.#beatsPerBar,
       phases: this.#phases,
       barOrigin: this.#barOrigin ?? 0,
+      epoch: frame.epoch ?? 0,
     });
     const next = this.announcedTempoBpm;
     if (next !== undefined) t = t.withTempo(next, Math.max(beat, frame.beat_index));

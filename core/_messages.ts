@@ -72,6 +72,11 @@ export interface BeatFrame {
   beats_per_bar?: number;
   /** Optional (v1.1): a tempo change that takes effect at the next downbeat. */
   next_tempo_bpm?: number;
+  /**
+   * Optional (v1.2): the timeline's epoch. A new timeline of the cluster has a greater one, and
+   * window ids derive from it, so they never repeat across timelines. Absent means 0.
+   */
+  epoch?: number;
 }
 
 /** INT-B: an agent's status report (`backbeat.statusclaim.v1`). */

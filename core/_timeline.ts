@@ -1,5 +1,5 @@
 import { type BeatFrame, type Phase, PHASES } from "./_messages.ts";
-import { windowId } from "./_window_id.ts";
+import { cachedWindowId } from "./_window_id.ts";
 
 /** Default beats in a bar. */
 export const DEFAULT_BEATS_PER_BAR = 4;
@@ -9,6 +9,8 @@ export const DEFAULT_TEMPO_BPM = 2;
 export const MIN_TEMPO_BPM = 0.1;
 /** Highest tempo the timeline accepts (1 ms beats). */
 export const MAX_TEMPO_BPM = 60_000;
+/** The highest beat_index there can be (2^53 − 1): every index stays a safe integer. */
+export const MAX_BEAT_INDEX: number = Number.MAX_SAFE_INTEGER;
 /** Segments kept by a timeline; older tempo changes are forgotten. */
 export const MAX_TIMELINE_SEGMENTS = 16;
 
@@ -36,6 +38,12 @@ export interface TimelineOptions {
   phases?: readonly Phase[];
   /** A beat_index known to be a downbeat; bars are aligned to it. @default {0} */
   barOrigin?: number;
+  /**
+   * The timeline's epoch: a new timeline of the cluster (its state lost, a fresh start) has a
+   * greater one, so window ids never repeat across timelines. 0 is the v1.0 timeline, whose window
+   * ids are derived without an epoch. @default {0}
+   */
+  epoch?: number;
 }
 
 /** A serialisable snapshot of a timeline (stored by pulse in KV). */
@@ -48,6 +56,8 @@ export interface TimelineJson {
   phases: Phase[];
   /** A beat_index that is a downbeat. */
   barOrigin: number;
+  /** The timeline's epoch (absent in snapshots written before epochs: 0). */
+  epoch?: number;
 }
 
 /**
@@ -198,6 +208,8 @@ export class Timeline {
   readonly phases: readonly Phase[];
   /** A beat_index that is a downbeat. */
   readonly barOrigin: number;
+  /** The timeline's epoch (0: a v1.0 timeline). */
+  readonly epoch: number;
 
   /**
    * Creates a timeline with one tempo segment.
@@ -226,6 +238,11 @@ export class Timeline {
     }
     const barOrigin = options.barOrigin ?? 0;
     assertBeat(barOrigin, "barOrigin");
+    const epoch = options.epoch ?? 0;
+    if (!Number.isSafeInteger(epoch) || epoch < 0) {
+      throw new RangeError(`Invalid epoch ${epoch}: expected an integer >= 0`);
+    }
+    this.epoch = epoch;
     this.segments = [{ beat: originBeat, at: options.originTime, tempoBpm: tempo }];
     this.beatsPerBar = bpb;
     this.phases = [...phases];
@@ -251,6 +268,7 @@ export class Timeline {
       beatsPerBar: json.beatsPerBar,
       phases: json.phases,
       barOrigin: json.barOrigin,
+      epoch: json.epoch,
     });
     for (const s of json.segments.slice(1)) {
       assertTempo(s.tempoBpm);
@@ -271,6 +289,7 @@ export class Timeline {
       beatsPerBar: this.beatsPerBar,
       phases: [...this.phases],
       barOrigin: this.barOrigin,
+      epoch: this.epoch,
     };
   }
 
@@ -283,6 +302,7 @@ export class Timeline {
       beatsPerBar: this.beatsPerBar,
       phases: this.phases,
       barOrigin: this.barOrigin,
+      epoch: this.epoch,
     });
     (t as { segments: readonly TimelineSegment[] }).segments = kept;
     return t;
@@ -340,10 +360,15 @@ export class Timeline {
         break;
       }
     }
-    let n = s.beat + Math.floor((time - s.at) / (60_000 / s.tempoBpm));
-    // Guard the floor against floating-point edges so dueAt(beatAt(t)) <= t < dueAt(beatAt(t)+1).
-    while (this.dueAt(n) > time) n--;
-    while (this.dueAt(n + 1) <= time) n++;
+    const raw = s.beat + Math.floor((time - s.at) / (60_000 / s.tempoBpm));
+    if (!Number.isFinite(raw)) return raw > 0 ? MAX_BEAT_INDEX : -MAX_BEAT_INDEX;
+    // Clamped to safe integers: past 2^53, n + 1 === n and no arithmetic on beats holds.
+    let n = Math.max(-MAX_BEAT_INDEX, Math.min(MAX_BEAT_INDEX, raw));
+    // Correct the floor against floating-point edges so dueAt(beatAt(t)) <= t < dueAt(beatAt(t)+1).
+    // The error is at most one beat either way: a fixed number of steps, never a loop whose length
+    // an input controls.
+    for (let i = 0; i < 2 && n > -MAX_BEAT_INDEX && this.dueAt(n) > time; i++) n--;
+    for (let i = 0; i < 2 && n < MAX_BEAT_INDEX && this.dueAt(n + 1) <= time; i++) n++;
     return n;
   }
 
@@ -475,7 +500,7 @@ export class Timeline {
    * @returns The window id of the bar holding the beat.
    */
   windowId(clusterId: string, beat: number): Promise<string> {
-    return windowId(clusterId, this.barStart(beat));
+    return cachedWindowId(clusterId, this.barStart(beat), this.epoch);
   }
 
   /**
@@ -519,6 +544,7 @@ export class Timeline {
       window_id: window,
       beats_per_bar: this.beatsPerBar,
     };
+    if (this.epoch > 0) frame.epoch = this.epoch;
     const next = this.pendingChange(beat);
     if (next && next.tempoBpm !== frame.tempo_bpm) frame.next_tempo_bpm = next.tempoBpm;
     return frame;

@@ -3,11 +3,14 @@ import { assertClusterId } from "./_subjects.ts";
 const encoder = new TextEncoder();
 
 /**
- * Derives the window id of a bar: the first 32 hex digits of SHA-256(`<cluster_id>:<beat_index
- * of the bar's downbeat>`). Every pulse, reverb and degraded client derives the same id.
+ * Derives the window id of a bar: the first 32 hex digits of SHA-256(`<cluster_id>:<epoch>:
+ * <beat_index of the bar's downbeat>`), or of `<cluster_id>:<downbeat>` for epoch 0 (the v1.0
+ * form). Every pulse, reverb and degraded client derives the same id, and a new timeline (a
+ * greater epoch) never reuses one.
  *
  * @param clusterId The cluster id.
  * @param downbeatIndex The beat_index of the bar's downbeat.
+ * @param epoch The timeline's epoch. @default {0}
  * @returns 32 lowercase hex digits.
  * @throws {TypeError} When the cluster id is not a valid NATS token.
  * @throws {RangeError} When the index is not a non-negative safe integer.
@@ -19,15 +22,22 @@ const encoder = new TextEncoder();
  * console.log(id.length); // 32
  * ```
  */
-export async function windowId(clusterId: string, downbeatIndex: number): Promise<string> {
+export async function windowId(
+  clusterId: string,
+  downbeatIndex: number,
+  epoch = 0,
+): Promise<string> {
   assertClusterId(clusterId);
   if (!Number.isSafeInteger(downbeatIndex) || downbeatIndex < 0) {
     throw new RangeError(`Invalid downbeat index ${downbeatIndex}: expected an integer >= 0`);
   }
-  const digest = await crypto.subtle.digest(
-    "SHA-256",
-    encoder.encode(`${clusterId}:${downbeatIndex}`),
-  );
+  if (!Number.isSafeInteger(epoch) || epoch < 0) {
+    throw new RangeError(`Invalid epoch ${epoch}: expected an integer >= 0`);
+  }
+  const text = epoch === 0
+    ? `${clusterId}:${downbeatIndex}`
+    : `${clusterId}:${epoch}:${downbeatIndex}`;
+  const digest = await crypto.subtle.digest("SHA-256", encoder.encode(text));
   return new Uint8Array(digest, 0, 16).toHex();
 }
 
@@ -51,15 +61,20 @@ function put(key: string, value: string | Promise<string>): void {
  *
  * @param clusterId The cluster id.
  * @param downbeatIndex The bar's downbeat index.
+ * @param epoch The timeline's epoch. @default {0}
  * @returns The id.
  * @throws {TypeError} When the cluster id is not a valid NATS token.
- * @throws {RangeError} When the index is not a non-negative safe integer.
+ * @throws {RangeError} When the index or epoch is not a non-negative safe integer.
  */
-export function cachedWindowId(clusterId: string, downbeatIndex: number): Promise<string> {
-  const key = `${clusterId}:${downbeatIndex}`;
+export function cachedWindowId(
+  clusterId: string,
+  downbeatIndex: number,
+  epoch = 0,
+): Promise<string> {
+  const key = `${clusterId}:${epoch}:${downbeatIndex}`;
   const v = cache.get(key);
   if (v !== undefined) return typeof v === "string" ? Promise.resolve(v) : v;
-  const p = windowId(clusterId, downbeatIndex).then((id) => {
+  const p = windowId(clusterId, downbeatIndex, epoch).then((id) => {
     if (cache.get(key) === p) cache.set(key, id);
     return id;
   }, (error) => {
@@ -75,10 +90,15 @@ export function cachedWindowId(clusterId: string, downbeatIndex: number): Promis
  *
  * @param clusterId The cluster id.
  * @param downbeatIndex The bar's downbeat index.
+ * @param epoch The timeline's epoch. @default {0}
  * @returns The id, or `undefined` while it is not derived yet.
  */
-export function knownWindowId(clusterId: string, downbeatIndex: number): string | undefined {
-  const v = cache.get(`${clusterId}:${downbeatIndex}`);
+export function knownWindowId(
+  clusterId: string,
+  downbeatIndex: number,
+  epoch = 0,
+): string | undefined {
+  const v = cache.get(`${clusterId}:${epoch}:${downbeatIndex}`);
   return typeof v === "string" ? v : undefined;
 }
 

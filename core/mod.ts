@@ -99,6 +99,7 @@ export {
   DEFAULT_TEMPO_BPM,
   defaultPhases,
   formatInstant,
+  MAX_BEAT_INDEX,
   MAX_TEMPO_BPM,
   MAX_TIMELINE_SEGMENTS,
   MIN_TEMPO_BPM,

@@ -158,3 +158,28 @@ Deno.test("formatInstant() and parseInstant() keep microseconds that Date drops"
   );
   assert.ok(Number.isNaN(parseInstant("yesterday")));
 });
+
+Deno.test("Timeline.beatAt answers in closed form even for an index near 2^53", () => {
+  const t = new Timeline({ originTime: 0, originBeat: Number.MAX_SAFE_INTEGER - 10, tempoBpm: 60 });
+  const start = performance.now();
+  assert.equal(t.beatAt(5_000), Number.MAX_SAFE_INTEGER - 5);
+  assert.equal(t.beatAt(1e15), Number.MAX_SAFE_INTEGER);
+  assert.equal(t.beatAt(Number.MAX_VALUE), Number.MAX_SAFE_INTEGER);
+  assert.equal(t.beatAt(-Number.MAX_VALUE), -Number.MAX_SAFE_INTEGER);
+  assert.ok(performance.now() - start < 100);
+  assert.ok(Number.isSafeInteger(new Timeline({ originTime: 0, tempoBpm: 60_000 }).beatAt(1e300)));
+});
+
+Deno.test("Timeline epochs: frames carry them, window ids derive from them, snapshots keep them", async () => {
+  const v1 = new Timeline({ originTime: 0, tempoBpm: 60 });
+  const e7 = new Timeline({ originTime: 0, tempoBpm: 60, epoch: 7 });
+  const f1 = await v1.frame("dev", 4, "0000:0000:0001");
+  const f7 = await e7.frame("dev", 4, "0000:0000:0001");
+  assert.equal("epoch" in f1, false);
+  assert.equal(f7.epoch, 7);
+  assert.equal(f1.window_id, await windowId("dev", 4));
+  assert.equal(f7.window_id, await windowId("dev", 4, 7));
+  assert.notEqual(f1.window_id, f7.window_id);
+  assert.equal(Timeline.fromJSON(e7.withTempo(120, 5).toJSON()).epoch, 7);
+  assert.throws(() => new Timeline({ originTime: 0, epoch: -1 }), RangeError);
+});

@@ -7,7 +7,7 @@
 import { isDateTime, ucs2length } from "./_standalone_runtime.ts";
 const formats = { "date-time": { validate: isDateTime } };
 export const v0 = validate10;
-const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://backbeat.chorus.dev/schemas/beatframe-v1.schema.json","title":"BACKBEAT BeatFrame (INT-A)","description":"The frame pulse broadcasts on backbeat.<cluster>.beat every beat. Version 1.1.0 adds the optional beats_per_bar and next_tempo_bpm fields; every 1.0.0 frame is still valid.","version":"1.1.0","type":"object","required":["type","cluster_id","beat_index","downbeat","phase","hlc","deadline_at","tempo_bpm","window_id"],"additionalProperties":false,"properties":{"type":{"description":"Message type discriminator.","type":"string","const":"backbeat.beatframe.v1"},"cluster_id":{"description":"The cluster the beat belongs to; one NATS subject token (no whitespace, '.', '*' or '>').","type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\s.*>\\u0000-\\u001f\\u007f]*$"},"beat_index":{"description":"Monotonic beat counter since the cluster's timeline began.","type":"integer","minimum":0,"maximum":9007199254740991},"downbeat":{"description":"True on the first beat of a bar.","type":"boolean"},"phase":{"description":"The phase of the bar this beat belongs to.","type":"string","enum":["plan","execute","review"]},"hlc":{"description":"Hybrid logical clock stamp: 32-bit physical milliseconds as two hex groups, then a 16-bit logical counter.","type":"string","pattern":"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$"},"deadline_at":{"description":"RFC 3339 instant at which the current phase ends.","type":"string","format":"date-time","maxLength":64},"tempo_bpm":{"description":"Current tempo in beats per minute (2.0 = one beat every 30 s).","type":"number","minimum":0.1,"maximum":60000},"window_id":{"description":"Exactly 32 hex digits naming the bar (window) this beat belongs to.","type":"string","pattern":"^[0-9a-fA-F]{32}$"},"beats_per_bar":{"description":"Since 1.1.0, optional: beats in a bar, so consumers can extrapolate the bar grid.","type":"integer","minimum":1,"maximum":64},"next_tempo_bpm":{"description":"Since 1.1.0, optional: a tempo change that takes effect at the next downbeat.","type":"number","minimum":0.1,"maximum":60000}},"examples":[{"type":"backbeat.beatframe.v1","cluster_id":"chorus-prod","beat_index":1337,"downbeat":false,"phase":"execute","hlc":"7ffd:0001:abcd","deadline_at":"2025-09-05T12:30:00Z","tempo_bpm":2,"window_id":"7e9b0e6c4c9a4e59b7f2d9a3c1b2e4d5"}]};
+const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://backbeat.chorus.dev/schemas/beatframe-v1.schema.json","title":"BACKBEAT BeatFrame (INT-A)","description":"The frame pulse broadcasts on backbeat.<cluster>.beat every beat. Version 1.1.0 adds the optional beats_per_bar and next_tempo_bpm fields; 1.2.0 adds the optional epoch. Every 1.0.0 frame is still valid.","version":"1.2.0","type":"object","required":["type","cluster_id","beat_index","downbeat","phase","hlc","deadline_at","tempo_bpm","window_id"],"additionalProperties":false,"properties":{"type":{"description":"Message type discriminator.","type":"string","const":"backbeat.beatframe.v1"},"cluster_id":{"description":"The cluster the beat belongs to; one NATS subject token (no whitespace, '.', '*' or '>').","type":"string","minLength":1,"maxLength":128,"pattern":"^[^\\s.*>\\u0000-\\u001f\\u007f]*$"},"beat_index":{"description":"Monotonic beat counter since the cluster's timeline began.","type":"integer","minimum":0,"maximum":9007199254740991},"downbeat":{"description":"True on the first beat of a bar.","type":"boolean"},"phase":{"description":"The phase of the bar this beat belongs to.","type":"string","enum":["plan","execute","review"]},"hlc":{"description":"Hybrid logical clock stamp: 32-bit physical milliseconds as two hex groups, then a 16-bit logical counter.","type":"string","pattern":"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$"},"deadline_at":{"description":"RFC 3339 instant at which the current phase ends.","type":"string","format":"date-time","maxLength":64},"tempo_bpm":{"description":"Current tempo in beats per minute (2.0 = one beat every 30 s).","type":"number","minimum":0.1,"maximum":60000},"window_id":{"description":"Exactly 32 hex digits naming the bar (window) this beat belongs to.","type":"string","pattern":"^[0-9a-fA-F]{32}$"},"beats_per_bar":{"description":"Since 1.1.0, optional: beats in a bar, so consumers can extrapolate the bar grid.","type":"integer","minimum":1,"maximum":64},"next_tempo_bpm":{"description":"Since 1.1.0, optional: a tempo change that takes effect at the next downbeat.","type":"number","minimum":0.1,"maximum":60000},"epoch":{"description":"Since 1.2.0, optional: the timeline's epoch. A new timeline of the cluster has a greater epoch; window ids derive from cluster, epoch and downbeat. Absent means 0.","type":"integer","minimum":0,"maximum":9007199254740991}},"examples":[{"type":"backbeat.beatframe.v1","cluster_id":"chorus-prod","beat_index":1337,"downbeat":false,"phase":"execute","hlc":"7ffd:0001:abcd","deadline_at":"2025-09-05T12:30:00Z","tempo_bpm":2,"window_id":"7e9b0e6c4c9a4e59b7f2d9a3c1b2e4d5"}]};
 const func2 = Object.prototype.hasOwnProperty;
 const func3 = ucs2length;
 const pattern0 = new RegExp("^[^\\s.*>\\u0000-\\u001f\\u007f]*$", "u");
@@ -450,14 +450,49 @@ vErrors.push(err37);
 errors++;
 }
 }
-}
-else {
-const err38 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data.epoch !== undefined){
+let data11 = data.epoch;
+if(!(((typeof data11 == "number") && (!(data11 % 1) && !isNaN(data11))) && (isFinite(data11)))){
+const err38 = {instancePath:instancePath+"/epoch",schemaPath:"#/properties/epoch/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err38];
 }
 else {
 vErrors.push(err38);
+}
+errors++;
+}
+if((typeof data11 == "number") && (isFinite(data11))){
+if(data11 > 9007199254740991 || isNaN(data11)){
+const err39 = {instancePath:instancePath+"/epoch",schemaPath:"#/properties/epoch/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740991},message:"must be <= 9007199254740991"};
+if(vErrors === null){
+vErrors = [err39];
+}
+else {
+vErrors.push(err39);
+}
+errors++;
+}
+if(data11 < 0 || isNaN(data11)){
+const err40 = {instancePath:instancePath+"/epoch",schemaPath:"#/properties/epoch/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err40];
+}
+else {
+vErrors.push(err40);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err41 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err41];
+}
+else {
+vErrors.push(err41);
 }
 errors++;
 }

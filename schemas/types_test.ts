@@ -47,6 +47,7 @@ const BEATFRAME_FIELDS = {
   window_id: { required: true, type: "string" },
   beats_per_bar: { required: false, type: "integer" },
   next_tempo_bpm: { required: false, type: "number" },
+  epoch: { required: false, type: "integer" },
 } as const satisfies FieldSpec<BeatFrame>;
 
 const STATUSCLAIM_FIELDS = {
@@ -122,7 +123,7 @@ Deno.test("BarReport's and BarReportIssue's interfaces and schemas declare the s
 
 Deno.test("each schema carries its $id, title and semver version", () => {
   const expected: [JsonSchema, string, string][] = [
-    [BEATFRAME_V1_SCHEMA, "beatframe-v1", "1.1.0"],
+    [BEATFRAME_V1_SCHEMA, "beatframe-v1", "1.2.0"],
     [STATUSCLAIM_V1_SCHEMA, "statusclaim-v1", "1.0.0"],
     [BARREPORT_V1_SCHEMA, "barreport-v1", "1.0.0"],
   ];
