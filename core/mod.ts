@@ -80,13 +80,16 @@ export {
   type StatusClaim,
 } from "./_messages.ts";
 export {
-  decodeBase64,
-  encodeBase64,
   exportPublicKey,
   type GeneratedKeyPair,
   generateSigningKeyPair,
+  hmacKey,
+  hmacSign,
+  hmacVerify,
   importPublicKey,
   importSigningKey,
+  SignatureDomain,
+  signedBytes,
   type SigningKey,
   type SigningKeyInput,
   signPayload,

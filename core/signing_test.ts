@@ -1,12 +1,14 @@
 import assert from "node:assert/strict";
 import {
   BackbeatError,
-  decodeBase64,
-  encodeBase64,
   exportPublicKey,
   generateSigningKeyPair,
+  hmacKey,
+  hmacSign,
+  hmacVerify,
   importPublicKey,
   importSigningKey,
+  signedBytes,
   signPayload,
   verifyPayload,
 } from "./mod.ts";
@@ -15,10 +17,10 @@ const payload = new TextEncoder().encode('{"type":"backbeat.statusclaim.v1"}');
 
 Deno.test("a generated key signs payloads that verify with its exported public key", async () => {
   const gen = await generateSigningKeyPair();
-  assert.equal(decodeBase64(gen.publicKey).length, 32);
+  assert.equal(Uint8Array.fromBase64(gen.publicKey).length, 32);
   assert.equal(await exportPublicKey(gen.keyPair.publicKey), gen.publicKey);
   const sig = await signPayload(gen.keyPair.privateKey, payload);
-  assert.equal(decodeBase64(sig).length, 64);
+  assert.equal(Uint8Array.fromBase64(sig).length, 64);
   const pub = await importPublicKey(gen.publicKey);
   assert.equal(await verifyPayload(pub, payload, sig), true);
   // One flipped byte of payload or signature fails.
@@ -26,7 +28,7 @@ Deno.test("a generated key signs payloads that verify with its exported public k
   tampered[3] ^= 1;
   assert.equal(await verifyPayload(pub, tampered, sig), false);
   assert.equal(await verifyPayload(pub, payload, "not base64!"), false);
-  assert.equal(await verifyPayload(pub, payload, encodeBase64(new Uint8Array(10))), false);
+  assert.equal(await verifyPayload(pub, payload, new Uint8Array(10).toBase64()), false);
 });
 
 Deno.test("importSigningKey() accepts a CryptoKey, a JWK, PKCS#8 bytes and a 32-byte seed", async () => {
@@ -57,5 +59,42 @@ Deno.test("importSigningKey() rejects what is not an Ed25519 private key", async
         /Cannot import signing key/.test(e.message),
     );
   }
-  await assert.rejects(importPublicKey(encodeBase64(new Uint8Array(31))), /31 bytes, expected 32/);
+  await assert.rejects(importPublicKey(new Uint8Array(31).toBase64()), /31 bytes, expected 32/);
+});
+
+Deno.test("signedBytes binds domain, cluster and epoch: a signature verifies for no other", async () => {
+  const { keyPair, publicKey } = await generateSigningKeyPair();
+  const pub = await importPublicKey(publicKey);
+  const payload = new TextEncoder().encode('{"a":1}');
+  const bytes = signedBytes("backbeat.beatframe.v1", "prod", payload, 7);
+  assert.equal(
+    new TextDecoder().decode(bytes),
+    'backbeat.beatframe.v1\nprod\n7\n{"a":1}',
+  );
+  const sig = await signPayload(keyPair.privateKey, bytes);
+  assert.equal(await verifyPayload(pub, bytes, sig), true);
+  for (
+    const other of [
+      signedBytes("backbeat.statusclaim.v1", "prod", payload, 7),
+      signedBytes("backbeat.beatframe.v1", "staging", payload, 7),
+      signedBytes("backbeat.beatframe.v1", "prod", payload, 8),
+      payload,
+    ]
+  ) {
+    assert.equal(await verifyPayload(pub, other, sig), false);
+  }
+  assert.throws(() => signedBytes("backbeat.control.v1", "prod", payload, -1), RangeError);
+});
+
+Deno.test("hmacVerify accepts the token's MAC only", async () => {
+  const key = await hmacKey("s3cret");
+  const other = await hmacKey("s3cret!");
+  const bytes = new TextEncoder().encode("{}");
+  const mac = await hmacSign(key, bytes);
+  assert.match(mac, /^[0-9a-f]{64}$/);
+  assert.equal(await hmacVerify(key, bytes, mac), true);
+  assert.equal(await hmacVerify(other, bytes, mac), false);
+  assert.equal(await hmacVerify(key, new TextEncoder().encode("{ }"), mac), false);
+  assert.equal(await hmacVerify(key, bytes, "zz"), false);
+  await assert.rejects(hmacKey(""), TypeError);
 });
