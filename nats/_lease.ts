@@ -3,16 +3,11 @@
 import { jetstream, JetStreamApiError } from "@nats-io/jetstream";
 import { type KV, Kvm, KvWatchInclude } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
-import type { NatsBusLike } from "./_options.ts";
+import { DEFAULT_LEASE_TTL_MS, type NatsBusLike } from "./_options.ts";
 import { BackbeatError, type Clock, IsolatedEventTarget, SystemClock } from "../core/mod.ts";
 
 /** Default for {@linkcode KvLeaseOptions.key}. */
 export const DEFAULT_LEASE_KEY = "leader";
-/**
- * Default for {@linkcode KvLeaseOptions.ttlMs}: short enough that a follower takes over a dead
- * holder within 2 beats at 120 BPM, long enough to ride out a busy event loop.
- */
-export const DEFAULT_LEASE_TTL_MS = 600;
 
 /** Detail of the `acquired` and `lost` events of a {@linkcode KvLease}. */
 export interface LeaseEventDetail {
@@ -20,6 +15,16 @@ export interface LeaseEventDetail {
   readonly token: number;
   /** Why it ended (`lost` only). */
   readonly reason?: LeaseLossReason;
+}
+
+/** The events of a {@linkcode KvLease}, by type. */
+export interface KvLeaseEventMap {
+  /** This contender became the holder. */
+  acquired: CustomEvent<LeaseEventDetail>;
+  /** This contender stopped being the holder. */
+  lost: CustomEvent<LeaseEventDetail>;
+  /** A KV failure; the lease keeps trying. */
+  error: ErrorEvent;
 }
 
 /** Why a lease ended. */
@@ -108,18 +113,18 @@ function randomId(): string {
  *
  * @example Lead while the lease is held
  * ```ts ignore
- * import { connectNatsBus } from "../core/mod.ts";
+ * import { connectNatsBus } from "./mod.ts";
  * import { KvLease } from "./_lease.ts";
  * const bus = await connectNatsBus({ servers: "nats://127.0.0.1:4222" });
  * const lease = await KvLease.open({ bus, bucket: "backbeat_dev_pulse", holderId: "p1" });
- * lease.addEventListener("acquired", () => console.log("leading"));
+ * lease.addEventListener("acquired", (e) => console.log("leading with token", e.detail.token));
  * await lease.start();
  * if (lease.isHeld()) console.log("token", lease.token);
  * await lease.release();
  * await bus.close();
  * ```
  */
-export class KvLease extends IsolatedEventTarget {
+export class KvLease extends IsolatedEventTarget<KvLeaseEventMap> {
   /** The bucket. */
   readonly bucket: string;
   /** The lease key. */

@@ -17,6 +17,7 @@
  */
 export { connectNatsBus } from "./_connect.ts";
 export {
+  DEFAULT_LEASE_TTL_MS,
   DEFAULT_MAX_RECONNECT_WAIT_MS,
   type NatsBusLike,
   type NatsBusOptions,
@@ -28,6 +29,7 @@ export { openKvLease } from "./_open_lease.ts";
 export type {
   KvJsonEntry,
   KvLease,
+  KvLeaseEventMap,
   KvLeaseOptions,
   LeaseEventDetail,
   LeaseLossReason,

@@ -1,6 +1,8 @@
 // Small command-line helpers shared by the service entrypoints (pulse, reverb): flags with
 // environment-variable fallbacks, numbers and host:port values with clear errors.
 
+import { parseArgs } from "node:util";
+
 /** One flag a command accepts. */
 export interface FlagSpec {
   /** Long name without dashes, e.g. `cluster` for `--cluster`. */
@@ -29,62 +31,101 @@ export interface ParsedFlags {
 const TRUE = new Set(["1", "true", "yes", "on"]);
 const FALSE = new Set(["0", "false", "no", "off", ""]);
 
+/** The error codes of `node:util` `parseArgs` that are the user's mistake. */
+const UNKNOWN = "ERR_PARSE_ARGS_UNKNOWN_OPTION";
+const INVALID_VALUE = "ERR_PARSE_ARGS_INVALID_OPTION_VALUE";
+
 /**
- * Parses `--name value`, `--name=value`, boolean `--name`, `-x` aliases and `--` (end of flags);
- * a flag not given falls back to its environment variable.
+ * Rewrites `--flag=value` of boolean flags, which `parseArgs` refuses, into `--flag` or
+ * `--no-flag`; stops at the end-of-flags `--`. An option-like argument can never be a string
+ * flag's value in strict mode, so no value is rewritten by mistake.
+ */
+function rewriteBooleanValues(args: readonly string[], booleans: ReadonlySet<string>): string[] {
+  const out = [...args];
+  for (let i = 0; i < out.length && out[i] !== "--"; i++) {
+    const m = /^--([^=]+)=(.*)$/s.exec(out[i]);
+    if (!m || !booleans.has(m[1])) continue;
+    const value = m[2].toLowerCase();
+    if (TRUE.has(value)) out[i] = `--${m[1]}`;
+    else if (FALSE.has(value)) out[i] = `--no-${m[1]}`;
+    else throw new TypeError(`Invalid value for --${m[1]}: ${JSON.stringify(m[2])}`);
+  }
+  return out;
+}
+
+/** Turns a `parseArgs` error into this module's messages (`Unknown flag --x`, ...). */
+function translate(err: unknown, byShort: ReadonlyMap<string, FlagSpec>): never {
+  const code = (err as { code?: unknown } | null)?.code;
+  const message = err instanceof Error ? err.message : String(err);
+  // parseArgs names the flag as typed, in quotes, at the start of its message.
+  const raw = /^(?:Unknown option|Option) '([^' ,<]+)/.exec(message)?.[1];
+  if (code === UNKNOWN && raw) throw new TypeError(`Unknown flag ${raw}`, { cause: err });
+  if (code === INVALID_VALUE && raw) {
+    const name = raw.startsWith("--") ? raw.slice(2) : byShort.get(raw.slice(1))?.name ?? raw;
+    if (/does not take an argument/.test(message)) {
+      throw new TypeError(`Flag --${name} takes no value`, { cause: err });
+    }
+    const hint = /ambiguous/.test(message)
+      ? ` (to pass a value starting with "-", write --${name}=-x)`
+      : "";
+    throw new TypeError(`Missing value for --${name}${hint}`, { cause: err });
+  }
+  throw new TypeError(message, { cause: err });
+}
+
+/**
+ * Parses `--name value`, `--name=value`, boolean `--name`, `--name=false` and `--no-name`, `-x`
+ * aliases and `--` (end of flags) with `node:util` `parseArgs` in strict mode; a flag not given
+ * falls back to its environment variable. One leading `--` is skipped, as `deno task x -- --flag`
+ * passes it on. A string flag followed by another flag (`--tempo --http x`) lacks its value.
  *
  * @param args Command-line arguments.
  * @param specs The accepted flags.
  * @param env Environment variables. @default {{}}
  * @returns The values.
- * @throws {TypeError} On an unknown flag or a missing value.
+ * @throws {TypeError} On an unknown flag (`Unknown flag --x`), a missing value (`Missing value
+ * for --x`) or a bad boolean value.
+ *
+ * @example Flags with an environment fallback
+ * ```ts ignore
+ * const specs = [{ name: "cluster", env: "X_CLUSTER" }, { name: "help", type: "boolean" as const, short: "h" }];
+ * const { values, sources } = parseFlags(["-h"], specs, { X_CLUSTER: "dev" });
+ * console.log(values, sources); // { help: true, cluster: "dev" } { help: "--help", cluster: "X_CLUSTER" }
+ * ```
  */
 export function parseFlags(
   args: readonly string[],
   specs: readonly FlagSpec[],
   env: EnvVars = {},
 ): ParsedFlags {
-  const byName = new Map(specs.map((s) => [s.name, s]));
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {};
+  for (const spec of specs) {
+    options[spec.name] = { type: spec.type ?? "string", ...(spec.short && { short: spec.short }) };
+  }
+  const booleans = new Set(specs.filter((s) => s.type === "boolean").map((s) => s.name));
   const byShort = new Map(specs.filter((s) => s.short).map((s) => [s.short!, s]));
+  const rest = args[0] === "--" ? args.slice(1) : args;
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({
+      args: rewriteBooleanValues(rest, booleans),
+      options,
+      strict: true,
+      allowPositionals: true,
+      allowNegative: true,
+    });
+  } catch (err) {
+    translate(err, byShort);
+  }
   const values: Record<string, string | boolean> = {};
   const sources: Record<string, string> = {};
-  const positionals: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (arg === "--") {
-      positionals.push(...args.slice(i + 1));
-      break;
-    }
-    let spec: FlagSpec | undefined;
-    let inline: string | undefined;
-    if (arg.startsWith("--")) {
-      const eq = arg.indexOf("=");
-      const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
-      if (eq >= 0) inline = arg.slice(eq + 1);
-      spec = byName.get(name);
-      if (!spec) throw new TypeError(`Unknown flag --${name}`);
-    } else if (arg.startsWith("-") && arg.length > 1) {
-      spec = byShort.get(arg.slice(1));
-      if (!spec) throw new TypeError(`Unknown flag ${arg}`);
-    } else {
-      positionals.push(arg);
-      continue;
-    }
-    if (spec.type === "boolean") {
-      if (inline === undefined) values[spec.name] = true;
-      else if (TRUE.has(inline.toLowerCase())) values[spec.name] = true;
-      else if (FALSE.has(inline.toLowerCase())) delete values[spec.name];
-      else throw new TypeError(`Invalid value for --${spec.name}: ${JSON.stringify(inline)}`);
-    } else {
-      const value = inline ?? args[++i];
-      if (value === undefined) throw new TypeError(`Missing value for --${spec.name}`);
-      values[spec.name] = value;
-    }
-    sources[spec.name] = `--${spec.name}`;
+  for (const [name, value] of Object.entries(parsed.values)) {
+    // A flag given on the command line (even `--x=false`) wins over the environment.
+    sources[name] = `--${name}`;
+    if (value !== false && value !== undefined) values[name] = value as string | boolean;
   }
   for (const spec of specs) {
-    // A flag given on the command line (even `--x=false`) wins over the environment.
-    if (spec.name in sources || !spec.env) continue;
+    if (Object.hasOwn(sources, spec.name) || !spec.env) continue;
     const value = env[spec.env];
     if (value === undefined || value === "") continue;
     if (spec.type === "boolean") {
@@ -97,7 +138,7 @@ export function parseFlags(
     }
     sources[spec.name] = spec.env;
   }
-  return { values, sources, positionals };
+  return { values, sources, positionals: parsed.positionals };
 }
 
 /** Limits of {@linkcode parseNumber}. */

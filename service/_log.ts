@@ -23,7 +23,7 @@ export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"
  *
  * @example Read a flag value
  * ```ts
- * import { parseLogLevel } from "@chorus/backbeat/sdk";
+ * import { parseLogLevel } from "./mod.ts";
  * console.log(parseLogLevel("WARN")); // "warn"
  * ```
  */
@@ -75,7 +75,7 @@ function replacer(_key: string, value: unknown): unknown {
  *
  * @example Log a line
  * ```ts
- * import { JsonLogger } from "@chorus/backbeat/sdk";
+ * import { JsonLogger } from "./mod.ts";
  * const lines: string[] = [];
  * const log = new JsonLogger({ level: "debug", write: (l) => lines.push(l), fields: { service: "pulse" } });
  * log.info("leader", { token: 7 });

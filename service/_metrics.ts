@@ -14,7 +14,7 @@ const MANTISSAS = [1, 1.25, 1.6, 2, 2.5, 3.2, 4, 5, 6.3, 8];
  *
  * @example Bounds from 1 ms to 1 s
  * ```ts
- * import { logBuckets } from "@chorus/backbeat/sdk";
+ * import { logBuckets } from "./mod.ts";
  * console.log(logBuckets(-3, 0).length); // 31
  * ```
  */
@@ -51,7 +51,7 @@ export interface HistogramSnapshot {
  *
  * @example Observe and summarise
  * ```ts
- * import { Histogram, quantile } from "@chorus/backbeat/sdk";
+ * import { Histogram, quantile } from "./mod.ts";
  * const h = new Histogram();
  * for (let i = 1; i <= 100; i++) h.observe(i / 1e6);
  * console.log(quantile(h.snapshot(), 0.5) < 6e-5); // true
@@ -141,7 +141,7 @@ export class Histogram {
  *
  * @example The p99 of observed latencies
  * ```ts
- * import { Histogram, quantile } from "@chorus/backbeat/sdk";
+ * import { Histogram, quantile } from "./mod.ts";
  * const h = new Histogram();
  * for (let i = 1; i <= 100; i++) h.observe(i / 1000);
  * console.log(quantile(h.snapshot(), 0.99) <= 0.1); // true
@@ -190,7 +190,7 @@ function labelText(labels: MetricLabels | undefined, extra?: string): string {
  *
  * @example Write a counter and a gauge
  * ```ts
- * import { PrometheusWriter } from "@chorus/backbeat/sdk";
+ * import { PrometheusWriter } from "./mod.ts";
  * const w = new PrometheusWriter();
  * w.counter("backbeat_pulse_beats_published_total", "Beat frames published.", 42);
  * w.gauge("backbeat_pulse_leader", "1 when this pulse leads.", 1);

@@ -1,9 +1,10 @@
 // One contract, two transports: the same behaviour is asserted of InMemoryBus and of NatsBus on a
 // real nats-server.
 import assert from "node:assert/strict";
-import { type Bus, connectNatsBus, InMemoryBus } from "../sdk/mod.ts";
-import { BackbeatError } from "../core/mod.ts";
+import { BackbeatError, type Bus, InMemoryBus } from "../core/mod.ts";
+import { connectNatsBus } from "../nats/mod.ts";
 import { startNatsServer } from "./nats_server.ts";
+import { until } from "./until.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -14,14 +15,6 @@ function collect(bus: Bus, subject: string, queue?: string) {
     got.push({ subject: m.subject, text: dec.decode(m.data), headers: m.headers });
   }, { queue });
   return { got, sub };
-}
-
-async function until(cond: () => boolean, ms = 3000): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 type Factory = () => Promise<{ bus: Bus; peer: Bus; done: () => Promise<void> }>;
@@ -41,7 +34,10 @@ function contract(name: string, make: Factory) {
         });
       }
       await bus.flush();
-      await until(() => a.got.length === 100 && b.got.length === 100 && c.got.length === 100);
+      await until(() => a.got.length === 100 && b.got.length === 100 && c.got.length === 100, {
+        timeoutMs: 3000,
+        what: "100 messages at each subscriber",
+      });
       assert.deepEqual(a.got.map((m) => Number(m.text)), [...Array(100).keys()]);
       assert.equal(a.got[7].headers?.["x-hlc"], "h7");
       assert.equal(a.got[7].headers?.["x-window-id"], "w");
@@ -50,7 +46,10 @@ function contract(name: string, make: Factory) {
       a.sub.unsubscribe();
       bus.publish("backbeat.c1.beat", enc.encode("after"));
       await bus.flush();
-      await until(() => b.got.length === 101);
+      await until(() => b.got.length === 101, {
+        timeoutMs: 3000,
+        what: "the message after unsubscribe",
+      });
       assert.equal(a.got.length, 100);
     } finally {
       await done();
@@ -66,7 +65,10 @@ function contract(name: string, make: Factory) {
       await peer.flush();
       for (let i = 0; i < 200; i++) bus.publish("backbeat.c1.status", enc.encode(String(i)));
       await bus.flush();
-      await until(() => all.got.length === 200 && q1.got.length + q2.got.length === 200);
+      await until(() => all.got.length === 200 && q1.got.length + q2.got.length === 200, {
+        timeoutMs: 3000,
+        what: "200 messages shared by the queue group",
+      });
       const seen = [...q1.got, ...q2.got].map((m) => Number(m.text)).sort((x, y) => x - y);
       assert.deepEqual(seen, [...Array(200).keys()]);
     } finally {
@@ -88,7 +90,10 @@ function contract(name: string, make: Factory) {
       bus.publish("backbeat.c1.bar", enc.encode("1"));
       bus.publish("backbeat.c1.bar", enc.encode("2"));
       await bus.flush();
-      await until(() => n === 2 && errors.length === 2);
+      await until(() => n === 2 && errors.length === 2, {
+        timeoutMs: 3000,
+        what: "two handler calls and two error events",
+      });
       assert.match(errors[0], /boom/);
     } finally {
       await done();
@@ -169,10 +174,11 @@ Deno.test("NatsBus reports disconnect and reconnect across a server restart and 
   const peerGot: string[] = [];
   try {
     const statuses: string[] = [];
-    bus.addEventListener("status", (e) => statuses.push((e as CustomEvent).detail.status));
+    // NatsBusLike types its events: no cast.
+    bus.addEventListener("status", (e) => statuses.push(e.detail.status));
     bus.subscribe("backbeat.c1.beat", (m) => peerGot.push(dec.decode(m.data)));
     await server.kill();
-    await until(() => bus.status !== "connected");
+    await until(() => bus.status !== "connected", { timeoutMs: 3000, what: "the disconnect" });
     // Nothing is silently queued into a dead connection: the caller is told and can buffer.
     assert.throws(
       () => bus.publish("backbeat.c1.beat", enc.encode("lost?")),
@@ -183,7 +189,10 @@ Deno.test("NatsBus reports disconnect and reconnect across a server restart and 
     await new Promise((r) => setTimeout(r, 1000));
     await server.start();
     const listening = performance.now();
-    await until(() => bus.status === "connected" && bus.reconnects === 1, 8000);
+    await until(() => bus.status === "connected" && bus.reconnects === 1, {
+      timeoutMs: 8000,
+      what: "the reconnect",
+    });
     const gap = performance.now() - listening;
     // The backoff is capped at 250 ms here; a second leaves room for a loaded CI machine.
     assert.ok(gap < 1000, `reconnected ${gap.toFixed(0)} ms after the server listened again`);
@@ -192,7 +201,10 @@ Deno.test("NatsBus reports disconnect and reconnect across a server restart and 
     // The subscription is restored after the reconnect.
     bus.publish("backbeat.c1.beat", enc.encode("again"));
     await bus.flush();
-    await until(() => peerGot.includes("again"));
+    await until(() => peerGot.includes("again"), {
+      timeoutMs: 3000,
+      what: "delivery on the restored subscription",
+    });
   } finally {
     await bus.close();
     await server.stop();

@@ -9,17 +9,9 @@ import {
   openKvLease,
 } from "../nats/mod.ts";
 import { startNatsServer } from "./nats_server.ts";
+import { until } from "./until.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond: () => boolean, ms: number, what: string): Promise<number> {
-  const start = performance.now();
-  while (!cond()) {
-    if (performance.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(5);
-  }
-  return performance.now() - start;
-}
 
 async function lease(bus: NatsBusLike, holderId: string, extra: Partial<KvLeaseOptions> = {}) {
   return await openKvLease({ bus, bucket: "backbeat_t_pulse", holderId, ttlMs: 400, ...extra });
@@ -44,7 +36,7 @@ Deno.test("KvLease: one holder at a time, renewals keep it, release hands over a
     const b = await lease(busB, "b");
     const events: string[] = [];
     a.addEventListener("acquired", () => events.push("a+"));
-    a.addEventListener("lost", (e) => events.push(`a-${(e as CustomEvent).detail.reason}`));
+    a.addEventListener("lost", (e) => events.push(`a-${e.detail.reason}`));
     b.addEventListener("acquired", () => events.push("b+"));
     assert.equal(await a.start(), true);
     assert.equal(await b.start(), false);
@@ -57,7 +49,10 @@ Deno.test("KvLease: one holder at a time, renewals keep it, release hands over a
     assert.equal(b.isHeld(), false);
     assert.equal(b.holder, "a");
     await a.release();
-    const handover = await until(() => b.isHeld(), 1000, "b takes over after release");
+    const handover = await until(() => b.isHeld(), {
+      timeoutMs: 1000,
+      what: "b to take over after release",
+    });
     assert.ok(handover < 200, `handover took ${handover} ms`);
     assert.ok(b.token > tokenA, "fencing tokens grow");
     assert.deepEqual(events, ["a+", "a-released", "b+"]);
@@ -86,7 +81,10 @@ Deno.test("KvLease: a silent holder loses the lease after its TTL; a paused one 
     // Now a dies without a word: its connection closes, its renewals stop.
     const lost = new Promise((r) => a.addEventListener("lost", r, { once: true }));
     await busA.close();
-    const t = await until(() => b.isHeld(), 2000, "b takes over a dead holder");
+    const t = await until(() => b.isHeld(), {
+      timeoutMs: 2000,
+      what: "b to take over from a dead holder",
+    });
     assert.ok(t >= 250, `took over after ${t} ms, before the TTL could pass`);
     await lost;
     assert.equal(a.isHeld(), false);

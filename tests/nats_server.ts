@@ -1,21 +1,27 @@
-// Starts a real nats-server for tests: a free loopback port, JetStream on, a temporary store.
-// A missing nats-server is a loud failure, never a skip.
+// Starts a real nats-server for tests: a loopback port the server picks itself, JetStream on, a
+// temporary store. A missing nats-server is a loud failure, never a skip.
+//
+// The server binds port -1 (any free port) and reports the port it got in a ports file, as
+// nats.js's own test kit does: picking a free port here and handing it over would leave a window
+// in which another process could take it.
+
+import { until } from "./until.ts";
 
 /** A running test server. */
 export interface NatsServer {
   /** `nats://127.0.0.1:<port>`. */
   readonly url: string;
-  /** The port. */
+  /** The port, chosen by the server at the first start and kept across restarts. */
   readonly port: number;
-  /** The server's process id (for signals in tests). */
+  /** The server's process id (for signals in tests), -1 while it is not running. */
   readonly pid: number;
   /** Stops the server and removes its store. Idempotent. */
   stop(): Promise<void>;
   /** Stops the process (keeping its store) and starts it again on the same port. */
   restart(): Promise<void>;
-  /** Stops the process but keeps the store, so `start()` can bring it back. */
+  /** Stops the process with SIGKILL but keeps the store, so `start()` can bring it back. */
   kill(): Promise<void>;
-  /** Starts it again after `kill()`. */
+  /** Starts it again after `kill()`, on the same port; does nothing while it runs. */
   start(): Promise<void>;
   /** `await using` support. */
   [Symbol.asyncDispose](): Promise<void>;
@@ -23,75 +29,74 @@ export interface NatsServer {
 
 /** Options of {@linkcode startNatsServer}. */
 export interface StartNatsServerOptions {
-  /** Enable JetStream. @default {true} */
-  jetstream?: boolean;
-  /** Extra command-line arguments. @default {[]} */
-  args?: string[];
+  /** Enable JetStream, with a store in the server's temporary directory. @default {true} */
+  readonly jetstream?: boolean;
+  /**
+   * Extra command-line arguments, e.g. `["-c", "nats.conf"]`. They come after the address, port,
+   * log and store flags set here, and nats-server lets command-line flags win over a config
+   * file's settings.
+   * @default {[]}
+   */
+  readonly args?: readonly string[];
+  /** Longest wait for the server to listen, ms. @default {10000} */
+  readonly startTimeoutMs?: number;
 }
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function waitForPort(port: number, child: Deno.ChildProcess, log: string): Promise<void> {
-  const deadline = performance.now() + 10_000;
-  let exited = false;
-  child.status.then(() => exited = true);
-  while (performance.now() < deadline) {
-    if (exited) {
-      const text = await Deno.readTextFile(log).catch(() => "");
-      throw new Error(`nats-server exited during start:\n${text.slice(-2000)}`);
-    }
+/** The client port in nats-server's ports file (`{"nats":["nats://127.0.0.1:PORT"],...}`). */
+async function readPortsFile(dir: string, pid: number): Promise<number | undefined> {
+  // The file is `<executable name>_<pid>.ports`; match on the pid alone.
+  for await (const entry of Deno.readDir(dir)) {
+    if (!entry.name.endsWith(`_${pid}.ports`)) continue;
     try {
-      const c = await Deno.connect({ hostname: "127.0.0.1", port });
-      c.close();
-      return;
+      const { nats } = JSON.parse(await Deno.readTextFile(`${dir}/${entry.name}`));
+      const port = Number(new URL(nats[0]).port);
+      if (Number.isInteger(port) && port > 0) return port;
     } catch {
-      await new Promise((r) => setTimeout(r, 20));
+      // Caught while nats-server was still writing it: read it again on the next pass.
     }
   }
-  throw new Error(`nats-server did not listen on port ${port} within 10 s`);
+  return undefined;
+}
+
+async function tail(path: string, from: number): Promise<string> {
+  const text = await Deno.readTextFile(path).catch(() => "");
+  return text.slice(from).slice(-2000);
 }
 
 /**
- * Starts nats-server on a free loopback port.
+ * Starts nats-server on a free loopback port of its own choosing.
  *
- * @param options JetStream and extra arguments.
+ * @param options JetStream, extra arguments and the start timeout.
  * @returns The running server.
- * @throws {Error} When nats-server is not installed or does not start.
+ * @throws {Error} When nats-server is not installed or does not start; on a restart, when its
+ * port was taken meanwhile.
+ *
+ * @example A server for one test
+ * ```ts ignore
+ * await using server = await startNatsServer({ jetstream: false });
+ * const bus = await connectNatsBus({ servers: server.url });
+ * ```
  */
 export async function startNatsServer(options: StartNatsServerOptions = {}): Promise<NatsServer> {
+  const startTimeoutMs = options.startTimeoutMs ?? 10_000;
   const dir = await Deno.makeTempDir({ prefix: "backbeat-nats-" });
-  const port = freePort();
+  const portsDir = `${dir}/ports`;
+  await Deno.mkdir(portsDir);
   const log = `${dir}/server.log`;
-  const args = ["-a", "127.0.0.1", "-p", String(port), "-l", log];
-  if (options.jetstream ?? true) args.push("-js", "-sd", `${dir}/store`);
-  args.push(...(options.args ?? []));
+  const base = ["-a", "127.0.0.1", "-l", log, "--ports_file_dir", portsDir];
+  if (options.jetstream ?? true) base.push("-js", "-sd", `${dir}/store`);
+  const extra = options.args ?? [];
   let child: Deno.ChildProcess | undefined;
+  let stderr: Promise<string> = Promise.resolve("");
+  let port = 0;
   let removed = false;
 
-  const start = async () => {
-    try {
-      child = new Deno.Command("nats-server", {
-        args,
-        stdin: "null",
-        stdout: "null",
-        stderr: "null",
-      })
-        .spawn();
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) {
-        throw new Error(
-          "nats-server is not installed: these tests need a real server (apt-get install -y nats-server)",
-        );
-      }
-      throw err;
-    }
-    await waitForPort(port, child, log);
+  const remove = async () => {
+    if (removed) return;
+    removed = true;
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
+
   const kill = async () => {
     if (!child) return;
     const c = child;
@@ -100,8 +105,78 @@ export async function startNatsServer(options: StartNatsServerOptions = {}): Pro
       c.kill("SIGKILL");
     } catch { /* already gone */ }
     await c.status;
+    await stderr;
+    // SIGKILL leaves the ports file behind; the next start looks for its own pid's file anyway.
+    for await (const entry of Deno.readDir(portsDir)) {
+      if (entry.name.endsWith(`_${c.pid}.ports`)) {
+        await Deno.remove(`${portsDir}/${entry.name}`).catch(() => {});
+      }
+    }
   };
-  await start();
+
+  // `wanted` 0 is the first start (any port); afterwards the learned port, so clients that
+  // reconnect to `url` find the server again.
+  const spawn = async (wanted: number): Promise<number> => {
+    const logStart = (await Deno.stat(log).catch(() => undefined))?.size ?? 0;
+    let c: Deno.ChildProcess;
+    try {
+      c = new Deno.Command("nats-server", {
+        args: [...base, "-p", wanted === 0 ? "-1" : String(wanted), ...extra],
+        stdin: "null",
+        stdout: "null",
+        // Flag errors go to stderr, not to the log file.
+        stderr: "piped",
+      }).spawn();
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) {
+        throw new Error(
+          "nats-server is not installed: these tests need a real server (apt-get install -y nats-server)",
+        );
+      }
+      throw err;
+    }
+    child = c;
+    stderr = new Response(c.stderr).text().catch(() => "");
+    let exited = false;
+    c.status.then(() => exited = true);
+    let got: number | undefined;
+    try {
+      await until(
+        async () => exited || (got = await readPortsFile(portsDir, c.pid)) !== undefined,
+        {
+          timeoutMs: startTimeoutMs,
+          intervalMs: 10,
+          what: "nats-server to listen",
+        },
+      );
+    } catch (err) {
+      await kill();
+      throw err;
+    }
+    if (got === undefined) {
+      child = undefined;
+      const text = `${await stderr}${await tail(log, logStart)}`;
+      if (wanted !== 0 && /address already in use/i.test(text)) {
+        throw new Error(
+          `nats-server could not start again on port ${wanted}: another process took it meanwhile`,
+        );
+      }
+      throw new Error(`nats-server exited during start:\n${text}`);
+    }
+    return got;
+  };
+
+  const start = async () => {
+    if (child) return;
+    await spawn(port);
+  };
+
+  try {
+    port = await spawn(0);
+  } catch (err) {
+    await remove();
+    throw err;
+  }
   const server: NatsServer = {
     url: `nats://127.0.0.1:${port}`,
     port,
@@ -116,10 +191,7 @@ export async function startNatsServer(options: StartNatsServerOptions = {}): Pro
     },
     async stop() {
       await kill();
-      if (!removed) {
-        removed = true;
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      }
+      await remove();
     },
     [Symbol.asyncDispose]() {
       return this.stop();

@@ -8,6 +8,9 @@
  * @module
  */
 
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+
 /** The layer of each library folder: a folder may import only folders of a lower layer. */
 export const LAYERS: Readonly<Record<string, number>> = {
   core: 0,
@@ -27,7 +30,9 @@ export const OUTSIDE: ReadonlySet<string> = new Set(["examples", "bench", "tests
 
 /** One import edge between two project files (paths relative to the project root). */
 export interface Edge {
+  /** The importing file. */
   readonly from: string;
+  /** The imported file. */
   readonly to: string;
 }
 
@@ -39,6 +44,12 @@ export type Violation = string;
  *
  * @param path A path relative to the project root, with `/` separators.
  * @returns The folder.
+ *
+ * @example Folders of files
+ * ```ts ignore
+ * folderOf("core/_bus.ts"); // "core"
+ * folderOf("mod.ts"); // "."
+ * ```
  */
 export function folderOf(path: string): string {
   const i = path.indexOf("/");
@@ -55,6 +66,12 @@ function baseName(path: string): string {
  * @param files Every project file in the graph.
  * @param edges Every import between them.
  * @returns The violations, sorted; empty when the layout holds.
+ *
+ * @example An upward import
+ * ```ts ignore
+ * checkLayout(["core/a.ts", "sdk/mod.ts"], [{ from: "core/a.ts", to: "sdk/mod.ts" }]);
+ * // ["core/a.ts imports sdk/mod.ts: core/ may import only folders below it, not sdk/"]
+ * ```
  */
 export function checkLayout(files: readonly string[], edges: readonly Edge[]): Violation[] {
   const out: Violation[] = [];
@@ -83,10 +100,42 @@ export function checkLayout(files: readonly string[], edges: readonly Edge[]): V
       out.push(`${from} imports ${to}: ${a}/ may import only folders below it, not ${b}/`);
     }
   }
-  for (const cycle of findCycles(files, edges)) {
-    out.push(`import cycle: ${[...cycle, cycle[0]].join(" -> ")}`);
+  for (const component of findCycles(files, edges)) {
+    const path = cycleThrough(component, edges);
+    const more = component.length > path.length
+      ? ` (one of ${component.length} files that import each other: ${component.join(", ")})`
+      : "";
+    out.push(`import cycle: ${[...path, path[0]].join(" -> ")}${more}`);
   }
   return [...new Set(out)].sort();
+}
+
+/**
+ * A shortest real import path from a component's first file back to it. The component's files
+ * in search order need not import each other in that order once the component is more than one
+ * simple cycle.
+ */
+function cycleThrough(component: readonly string[], edges: readonly Edge[]): string[] {
+  const inside = new Set(component);
+  const start = component[0];
+  const cameFrom = new Map<string, string>();
+  const queue = [start];
+  for (let i = 0; i < queue.length; i++) {
+    const node = queue[i];
+    for (const { from, to } of edges) {
+      if (from !== node || !inside.has(to)) continue;
+      if (to === start) {
+        const path = [node];
+        for (let n = node; n !== start;) path.push(n = cameFrom.get(n)!);
+        return path.reverse();
+      }
+      if (!cameFrom.has(to)) {
+        cameFrom.set(to, node);
+        queue.push(to);
+      }
+    }
+  }
+  return [...component]; // unreachable for a strongly connected component
 }
 
 /**
@@ -95,7 +144,14 @@ export function checkLayout(files: readonly string[], edges: readonly Edge[]): V
  *
  * @param files The nodes.
  * @param edges The edges.
- * @returns One list of files per cycle.
+ * @returns One list of files per cycle (a component of files that reach each other), in the
+ * order the search met them.
+ *
+ * @example A two-file cycle
+ * ```ts ignore
+ * findCycles(["a.ts", "b.ts"], [{ from: "a.ts", to: "b.ts" }, { from: "b.ts", to: "a.ts" }]);
+ * // [["a.ts", "b.ts"]]
+ * ```
  */
 export function findCycles(files: readonly string[], edges: readonly Edge[]): string[][] {
   const next = new Map<string, string[]>();
@@ -167,11 +223,19 @@ interface InfoModule {
 
 /**
  * Reads the module graph of a project from `deno info --json`: every `.ts` file under `root`
- * (outside `.git` and `node_modules`) is a root of the graph.
+ * (outside `.git`, `node_modules` and `dist`) is a root of the graph. The project's `deno.json`
+ * is used when there is one (with `--frozen`, so the lockfile is never rewritten), no config
+ * otherwise.
  *
  * @param root The project folder (absolute).
- * @returns Its files and the imports between them.
+ * @returns Its files and the imports between them, each edge once.
  * @throws {Error} When `deno info` fails.
+ *
+ * @example Check the project in the working directory
+ * ```ts ignore
+ * const { files, edges } = await readGraph(Deno.cwd());
+ * console.log(checkLayout(files, edges));
+ * ```
  */
 export async function readGraph(root: string): Promise<{ files: string[]; edges: Edge[] }> {
   const files: string[] = [];
@@ -187,26 +251,31 @@ export async function readGraph(root: string): Promise<{ files: string[]; edges:
   files.sort();
   const entry = await Deno.makeTempFile({ prefix: "backbeat-layout-", suffix: ".ts" });
   try {
-    const base = new URL(`file://${root.endsWith("/") ? root : root + "/"}`);
+    // pathToFileURL percent-encodes what a URL cannot hold (spaces, `#`, `%`) in file names.
+    const prefix = pathToFileURL(root.endsWith("/") ? root : `${root}/`).href;
+    const url = (f: string) => pathToFileURL(join(root, f)).href;
     await Deno.writeTextFile(
       entry,
-      files.map((f) => `import ${JSON.stringify(new URL(f, base).href)};\n`).join(""),
+      files.map((f) => `import ${JSON.stringify(url(f))};\n`).join(""),
     );
+    const config = join(root, "deno.json");
+    const hasConfig = await Deno.stat(config).then(() => true, () => false);
     const args = ["info", "--json", "--quiet"];
-    try {
-      await Deno.stat(`${root}/deno.json`);
-      args.push("--config", `${root}/deno.json`);
-    } catch { /* no config */ }
-    args.push(entry);
-    const out = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
-      .output();
+    args.push(...(hasConfig ? ["--frozen", "--config", config] : ["--no-config"]), entry);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: root,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
     if (!out.success) {
       throw new Error(`deno info failed: ${new TextDecoder().decode(out.stderr).slice(0, 2000)}`);
     }
     const info = JSON.parse(new TextDecoder().decode(out.stdout)) as { modules: InfoModule[] };
-    const prefix = base.href;
     const rel = (s: string | undefined) =>
       s !== undefined && s.startsWith(prefix) ? decodeURIComponent(s.slice(prefix.length)) : "";
+    // A dependency can name the same file as code and as types; keep one edge.
+    const seen = new Set<string>();
     const edges: Edge[] = [];
     for (const m of info.modules) {
       const from = rel(m.specifier);
@@ -214,8 +283,10 @@ export async function readGraph(root: string): Promise<{ files: string[]; edges:
       for (const d of m.dependencies ?? []) {
         for (const target of [d.code?.specifier, d.type?.specifier]) {
           const to = rel(target);
-          if (to && to !== from) edges.push({ from, to });
-          else if (to && to === from) edges.push({ from, to });
+          // A self-import is an edge too: findCycles reports it as a cycle of one.
+          if (!to || seen.has(`${from}\0${to}`)) continue;
+          seen.add(`${from}\0${to}`);
+          edges.push({ from, to });
         }
       }
     }
