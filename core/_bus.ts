@@ -90,6 +90,61 @@ export interface Bus extends EventTarget {
   close(): Promise<void>;
   /** Closes, for `await using`. */
   [Symbol.asyncDispose](): Promise<void>;
+  /**
+   * Adds a listener; `status` and `error` events are typed by {@linkcode BusEventMap}, so
+   * `e.detail.status` needs no cast.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options Standard listener options.
+   */
+  addEventListener<K extends keyof BusEventMap>(
+    type: K,
+    listener:
+      | ((event: BusEventMap[K]) => void)
+      | { handleEvent(event: BusEventMap[K]): void }
+      | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /**
+   * Adds a listener for another event type.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options Standard listener options.
+   */
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /**
+   * Removes a listener added for a {@linkcode BusEventMap} event.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options Standard listener options.
+   */
+  removeEventListener<K extends keyof BusEventMap>(
+    type: K,
+    listener:
+      | ((event: BusEventMap[K]) => void)
+      | { handleEvent(event: BusEventMap[K]): void }
+      | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /**
+   * Removes a listener for another event type.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options Standard listener options.
+   */
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
 }
 
 /** The events of a {@linkcode Bus}. */

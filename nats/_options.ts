@@ -1,4 +1,4 @@
-import type { Bus, BusEventMap } from "../core/mod.ts";
+import type { Bus } from "../core/mod.ts";
 
 /** Default for {@linkcode NatsBusOptions.maxReconnectWait}. */
 export const DEFAULT_MAX_RECONNECT_WAIT_MS = 10_000;
@@ -43,61 +43,6 @@ export interface NatsBusLike extends Bus {
   readonly connection: unknown;
   /** The server URL it was asked to connect to (first one). */
   readonly url: string;
-  /**
-   * Adds a listener; `status` and `error` events are typed by {@linkcode BusEventMap}, so
-   * `e.detail.status` needs no cast.
-   *
-   * @param type The event type.
-   * @param listener The listener.
-   * @param options Standard listener options.
-   */
-  addEventListener<K extends keyof BusEventMap>(
-    type: K,
-    listener:
-      | ((event: BusEventMap[K]) => void)
-      | { handleEvent(event: BusEventMap[K]): void }
-      | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  /**
-   * Adds a listener for another event type.
-   *
-   * @param type The event type.
-   * @param listener The listener.
-   * @param options Standard listener options.
-   */
-  addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  /**
-   * Removes a listener added for a {@linkcode BusEventMap} event.
-   *
-   * @param type The event type.
-   * @param listener The listener.
-   * @param options Standard listener options.
-   */
-  removeEventListener<K extends keyof BusEventMap>(
-    type: K,
-    listener:
-      | ((event: BusEventMap[K]) => void)
-      | { handleEvent(event: BusEventMap[K]): void }
-      | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  /**
-   * Removes a listener for another event type.
-   *
-   * @param type The event type.
-   * @param listener The listener.
-   * @param options Standard listener options.
-   */
-  removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
 }
 
 /** NATS connection options of a client: {@linkcode NatsBusOptions} without `servers`. */

@@ -113,7 +113,7 @@ function contract(name: string, make: Factory) {
       );
       assert.equal(bus.status, "connected");
       const statuses: string[] = [];
-      bus.addEventListener("status", (e) => statuses.push((e as CustomEvent).detail.status));
+      bus.addEventListener("status", (e) => statuses.push(e.detail.status));
       await bus.close();
       closed = true;
       await bus.close(); // idempotent
