@@ -2,12 +2,7 @@
 // happen. Embedded, it cuts the link to the pulse for a while (a simulated partition) so degraded
 // mode and recovery show; on NATS, stop and restart the pulse to see them.
 // `deno run -A examples/service_monitor.ts [--seconds N]`
-import {
-  Client,
-  defaultConfig,
-  type DegradedEventDetail,
-  type RecoveredEventDetail,
-} from "../mod.ts";
+import { Client, defaultConfig } from "../mod.ts";
 import { exampleEnv, sleep } from "./_example_env.ts";
 
 const env = await exampleEnv("chorus-dev", 300);
@@ -30,13 +25,13 @@ client.onBeat((_beat, info) => {
   if (info.synthetic) synthetic++;
 });
 client.addEventListener("degraded", (e) => {
-  const d = (e as CustomEvent<DegradedEventDetail>).detail;
+  const d = e.detail;
   write(
     `${live ? "\r\x1b[2K" : ""}DEGRADED: no beat after beat ${d.lastBeat}; beats are synthetic\n`,
   );
 });
 client.addEventListener("recovered", (e) => {
-  const d = (e as CustomEvent<RecoveredEventDetail>).detail;
+  const d = e.detail;
   write(
     `${live ? "\r\x1b[2K" : ""}RECOVERED at beat ${d.beat} after ${Math.round(d.degradedMs)} ms ` +
       `and ${d.syntheticBeats} synthetic beats\n`,

@@ -104,16 +104,28 @@ export class BeatFeed {
 
 const feeds = new WeakMap<Bus, Map<string, BeatFeed>>();
 
+/** A listener's place on a feed. */
+export interface FeedMembership {
+  /** The shared feed: its counters cover every client of the process on this bus and cluster. */
+  readonly feed: BeatFeed;
+  /** Detaches the listener (idempotent); the last detach unsubscribes. */
+  readonly leave: () => void;
+}
+
 /**
  * Attaches a listener to the process-wide feed of a (bus, cluster), subscribing on first use.
  *
  * @param bus The bus.
  * @param clusterId The cluster.
  * @param listener The listener.
- * @returns Detach (idempotent); the last detach unsubscribes.
+ * @returns The feed and the listener's detach.
  * @throws {BackbeatError} `closed` when the bus is closed.
  */
-export function joinBeatFeed(bus: Bus, clusterId: string, listener: FeedListener): () => void {
+export function joinBeatFeed(
+  bus: Bus,
+  clusterId: string,
+  listener: FeedListener,
+): FeedMembership {
   let byCluster = feeds.get(bus);
   if (!byCluster) {
     byCluster = new Map();
@@ -128,7 +140,7 @@ export function joinBeatFeed(bus: Bus, clusterId: string, listener: FeedListener
     feed = created;
     map.set(clusterId, feed);
   }
-  return feed.add(listener);
+  return { feed, leave: feed.add(listener) };
 }
 
 /**

@@ -5,28 +5,24 @@ import {
   type Bus,
   type BusHeaders,
   type BusStatusDetail,
-  CLAIM_STATES,
-  type ClaimState,
+  cachedWindowId,
   type Clock,
-  type ClusterSubjects,
+  DEFAULT_BEATS_PER_BAR,
+  FrameTracker,
   HybridLogicalClock,
   importSigningKey,
-  InvalidMessageError,
   IsolatedEventTarget,
   type Logger,
   type SigningKey,
   type SigningKeyInput,
-  signPayload,
-  type StatusClaim,
   subjects,
   SystemClock,
 } from "../core/mod.ts";
 import { type BudgetSource, type BudgetWatcher, runWithBeatBudget } from "./_budget.ts";
-import { type FeedFrame, type FeedListener, joinBeatFeed } from "./_beat_feed.ts";
+import { type BeatFeed, type FeedFrame, type FeedListener, joinBeatFeed } from "./_beat_feed.ts";
 import { type Watchdogs, watchdogsOf } from "./_watchdog.ts";
 import {
   type ClientConfig,
-  DEFAULT_BEATS_PER_BAR_HINT,
   DEFAULT_CLAIM_BUFFER_SIZE,
   DEFAULT_ERROR_HISTORY_SIZE,
   DEFAULT_JITTER_TOLERANCE_MS,
@@ -34,10 +30,11 @@ import {
   DEFAULT_MAX_CALLBACKS,
   DEFAULT_TASK_ID,
 } from "./_config.ts";
-import { rememberWindowId, SyntheticBeats, windowIdCached } from "./_degrade.ts";
+import { SyntheticBeats } from "./_degrade.ts";
 import { type ClientHealth, ErrorRing, LatencyWindow } from "./_health.ts";
+import { ListenerRegistry } from "./_listeners.ts";
+import { ClaimOutbox, type StatusClaimInput } from "./_outbox.ts";
 import { leaseNatsBus, type NatsConnectionOptions, type NatsLease } from "../nats/mod.ts";
-import { defaultMessageValidator } from "../schemas/mod.ts";
 
 /** What a callback learns about a beat besides the frame. */
 export interface BeatInfo {
@@ -56,20 +53,6 @@ export interface BeatInfo {
  * frame is frozen: one object is shared by every client of the process.
  */
 export type BeatCallback = (frame: BeatFrame, info: BeatInfo) => void | Promise<void>;
-
-/** The fields a caller gives `emitStatusClaim`; the client fills in the rest. */
-export interface StatusClaimInput {
-  /** The agent's state. */
-  state: ClaimState;
-  /** Completion ratio, 0 to 1. @default {0} */
-  progress?: number;
-  /** Estimated beats to completion (integer ≥ 0). @default {0} */
-  beats_left?: number;
-  /** Free text, at most 256 characters. @default {""} */
-  notes?: string;
-  /** The task; overrides the configured `taskId`. @default {config.taskId} */
-  task_id?: string;
-}
 
 /** Detail of the `beat` and `downbeat` events. */
 export interface BeatEventDetail {
@@ -97,6 +80,32 @@ export interface RecoveredEventDetail {
   readonly degradedMs: number;
 }
 
+/**
+ * The events of a {@linkcode Client}: they type each listener's event, so no listener casts.
+ *
+ * @example Typed listeners
+ * ```ts
+ * import { Client, InMemoryBus } from "@chorus/backbeat";
+ * const client = new Client({ clusterId: "dev", agentId: "a", bus: new InMemoryBus() });
+ * client.addEventListener("degraded", (e) => console.log("quiet after", e.detail.lastBeat));
+ * client.addEventListener("error", (e) => console.log(e.message));
+ * ```
+ */
+export interface ClientEventMap {
+  /** Every beat, real or synthetic, after the callbacks. */
+  beat: CustomEvent<BeatEventDetail>;
+  /** The first beat of every bar, after the `beat` event. */
+  downbeat: CustomEvent<BeatEventDetail>;
+  /** Pulse went quiet: synthetic beats begin. */
+  degraded: CustomEvent<DegradedEventDetail>;
+  /** A real beat arrived again: synthetic beats end. */
+  recovered: CustomEvent<RecoveredEventDetail>;
+  /** A failure nobody awaits: a callback or listener, a dropped frame, lost claims. */
+  error: ErrorEvent;
+  /** The bus's connection state changed (the bus's own detail). */
+  status: CustomEvent<BusStatusDetail>;
+}
+
 /** Lifecycle states of a {@linkcode Client}. */
 export const ClientState = {
   Idle: "idle",
@@ -117,12 +126,6 @@ interface Entry {
   readonly fn: BeatCallback;
 }
 
-interface Pending {
-  readonly payload: Uint8Array;
-  readonly headers: Record<string, string>;
-}
-
-const encoder = new TextEncoder();
 // Clients left on the default clock share it, and so share one watchdog timer.
 const DEFAULT_CLOCK = new SystemClock();
 
@@ -140,6 +143,23 @@ function checkInt(value: number, what: string, min: number, max: number): void {
   }
 }
 
+function captureOf(options: boolean | EventListenerOptions | undefined): boolean {
+  return typeof options === "boolean" ? options : Boolean(options?.capture);
+}
+
+// A bus is any EventTarget: read its status event's detail only when it has the expected shape.
+function busStatusDetail(event: Event): BusStatusDetail | undefined {
+  if (!(event instanceof CustomEvent)) return undefined;
+  const detail: unknown = event.detail;
+  return detail !== null && typeof detail === "object" && "status" in detail &&
+      typeof detail.status === "string"
+    ? detail as BusStatusDetail
+    : undefined;
+}
+
+// The listener registry of a client, for the SDK's own tests (not exported from mod.ts).
+let registryOf: (client: Client) => ListenerRegistry;
+
 /**
  * A BACKBEAT-aware service in a few lines: beat and downbeat callbacks (in order, once each,
  * isolated from each other), signed status claims, beat budgets, health, and local degradation
@@ -148,8 +168,8 @@ function checkInt(value: number, what: string, min: number, max: number): void {
  * Events (besides the callbacks): `beat` and `downbeat` (`CustomEvent<BeatEventDetail>`),
  * `degraded` (`CustomEvent<DegradedEventDetail>`), `recovered`
  * (`CustomEvent<RecoveredEventDetail>`), `error` (`ErrorEvent`: failed callbacks, dropped
- * frames, lost claims), `status` (`CustomEvent<BusStatusDetail>`, the bus's). An event
- * listener that throws is isolated like a callback.
+ * frames, lost claims), `status` (`CustomEvent<BusStatusDetail>`, the bus's); see
+ * {@linkcode ClientEventMap}. An event listener that throws is isolated like a callback.
  *
  * @example The reference usage, embedded
  * ```ts
@@ -165,19 +185,19 @@ function checkInt(value: number, what: string, min: number, max: number): void {
  * console.log(client.health().connected); // true
  * ```
  */
-export class Client extends IsolatedEventTarget {
+export class Client extends IsolatedEventTarget<ClientEventMap> {
+  static {
+    registryOf = (client) => client.#listening;
+  }
+
   /** The cluster followed. */
   readonly clusterId: string;
   /** This agent's id. */
   readonly agentId: string;
-  readonly #taskId: string;
-  readonly #subjects: ClusterSubjects;
   readonly #clock: Clock;
   readonly #watchdogs: Watchdogs;
   readonly #logger: Logger;
   readonly #jitter: number;
-  readonly #bpbHint: number;
-  readonly #bufferCap: number;
   readonly #degradeOn: boolean;
   readonly #maxCallbacks: number;
   readonly #natsUrl: string | undefined;
@@ -188,15 +208,17 @@ export class Client extends IsolatedEventTarget {
   readonly #latency: LatencyWindow;
   readonly #errors: ErrorRing;
   readonly #hlc: HybridLogicalClock;
-  // Listeners per event type, so a beat with no `beat` listener skips building an event. A
-  // `once` listener stays counted after it fires: an extra dispatch is harmless, a missed one not.
-  readonly #listening = new Map<string, Set<EventListenerOrEventListenerObject>>();
+  // Listeners per event type, so a beat with no `beat` listener skips building an event.
+  readonly #listening = new ListenerRegistry();
+  readonly #tracker: FrameTracker;
+  readonly #outbox: ClaimOutbox;
 
   #state: ClientState = "idle";
   #starting: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   #bus: Bus | undefined;
   #lease: NatsLease | undefined;
+  #feed: BeatFeed | undefined;
   #leaveFeed: (() => void) | undefined;
   #signal: AbortSignal | undefined;
   #key: SigningKey | undefined;
@@ -215,20 +237,11 @@ export class Client extends IsolatedEventTarget {
   #callbackErrors = 0;
   #lastStaleLog = -Infinity;
 
-  #anchor: BeatFrame | undefined;
-  #anchorAt = 0;
-  #lastDownbeat: number | undefined;
-  #previousDownbeat: number | undefined;
   #remoteHlc: string | undefined;
 
   #synthetic: SyntheticBeats | undefined;
   #degradedSince = 0;
   #syntheticCount = 0;
-
-  #buffer: Pending[] = [];
-  #claimsSent = 0;
-  #claimsDropped = 0;
-  #chain: Promise<void> | undefined;
 
   readonly #listener: FeedListener = {
     frame: (f) => this.#onFrame(f),
@@ -267,7 +280,7 @@ export class Client extends IsolatedEventTarget {
     if (!(jitter >= 0 && jitter <= 3_600_000)) {
       throw new RangeError(`Invalid jitterToleranceMs ${jitter}: expected 0 to 3600000`);
     }
-    const bpb = config.beatsPerBar ?? DEFAULT_BEATS_PER_BAR_HINT;
+    const bpb = config.beatsPerBar ?? DEFAULT_BEATS_PER_BAR;
     checkInt(bpb, "beatsPerBar", 1, 64);
     const bufferCap = config.claimBufferSize ?? DEFAULT_CLAIM_BUFFER_SIZE;
     checkInt(bufferCap, "claimBufferSize", 0, 1_000_000);
@@ -280,14 +293,10 @@ export class Client extends IsolatedEventTarget {
 
     this.clusterId = config.clusterId;
     this.agentId = config.agentId;
-    this.#taskId = taskId;
-    this.#subjects = subjects(config.clusterId);
     this.#clock = config.clock ?? DEFAULT_CLOCK;
     this.#watchdogs = watchdogsOf(this.#clock);
     this.#logger = config.logger ?? console;
     this.#jitter = jitter;
-    this.#bpbHint = bpb;
-    this.#bufferCap = bufferCap;
     this.#degradeOn = config.localDegradation ?? true;
     this.#maxCallbacks = maxCallbacks;
     this.#natsUrl = config.natsUrl;
@@ -298,6 +307,21 @@ export class Client extends IsolatedEventTarget {
     this.#latency = new LatencyWindow(window);
     this.#errors = new ErrorRing(history);
     this.#hlc = new HybridLogicalClock({ clock: () => this.#clock.now() });
+    this.#tracker = new FrameTracker({ beatsPerBarHint: bpb });
+    this.#outbox = new ClaimOutbox({
+      subject: subjects(config.clusterId).status,
+      agentId: config.agentId,
+      taskId,
+      capacity: bufferCap,
+      clock: this.#clock,
+      position: () => ({
+        beatIndex: this.#lastDelivered >= 0 ? this.#lastDelivered : 0,
+        windowId: this.#current?.window_id ?? this.#firstWindow,
+      }),
+      stamp: () => this.#stamp(),
+      report: (kind, message, error, level) => this.#report(kind, message, error, level),
+      note: (kind, message) => this.#errors.push({ at: this.#clock.now(), kind, message }),
+    });
   }
 
   /** The lifecycle state. */
@@ -351,7 +375,7 @@ export class Client extends IsolatedEventTarget {
       if (this.#keyInput !== undefined) {
         this.#key = await importSigningKey(this.#keyInput, this.#keyId);
       }
-      this.#firstWindow = await windowIdCached(this.clusterId, 0);
+      this.#firstWindow = await cachedWindowId(this.clusterId, 0);
       if (this.#givenBus) {
         this.#bus = this.#givenBus;
       } else {
@@ -363,7 +387,10 @@ export class Client extends IsolatedEventTarget {
       }
       if (signal?.aborted) throw aborted();
       this.#bus.addEventListener("status", this.#onStatus);
-      this.#leaveFeed = joinBeatFeed(this.#bus, this.clusterId, this.#listener);
+      this.#outbox.open(this.#bus, this.#key);
+      const membership = joinBeatFeed(this.#bus, this.clusterId, this.#listener);
+      this.#feed = membership.feed;
+      this.#leaveFeed = membership.leave;
       this.#state = "running";
       if (signal) {
         this.#signal = signal;
@@ -417,39 +444,9 @@ export class Client extends IsolatedEventTarget {
     for (const b of [...this.#budgets]) {
       b.close(new BackbeatError("closed", "Beat budget ended: the client stopped"));
     }
-    await this.#chain;
-    const bus = this.#bus;
-    if (bus) {
-      this.#flushBuffer();
-      if (bus.status === "connected") await this.#flushBus(bus);
-    }
-    if (this.#buffer.length > 0) {
-      const lost = this.#buffer.length;
-      this.#claimsDropped += lost;
-      this.#buffer = [];
-      this.#report(
-        "claim",
-        `Lost ${lost} buffered claims: the client stopped while the bus was ${bus?.status}`,
-        new BackbeatError("buffer_full", `Lost ${lost} buffered claims on stop`),
-        "error",
-      );
-    }
+    await this.#outbox.close(STOP_FLUSH_TIMEOUT_MS);
     await this.#teardown();
     this.#state = "stopped";
-  }
-
-  async #flushBus(bus: Bus): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      await Promise.race([
-        bus.flush(),
-        new Promise((resolve) => timer = setTimeout(resolve, STOP_FLUSH_TIMEOUT_MS)),
-      ]);
-    } catch (error) {
-      this.#report("connection", `Cannot flush claims on stop: ${error}`, error);
-    } finally {
-      clearTimeout(timer);
-    }
   }
 
   async #teardown(): Promise<void> {
@@ -470,8 +467,9 @@ export class Client extends IsolatedEventTarget {
   };
 
   #onStatus = (event: Event): void => {
-    const detail = (event as CustomEvent<BusStatusDetail>).detail;
-    if (detail.status === "connected") this.#flushBuffer();
+    const detail = busStatusDetail(event);
+    if (detail === undefined) return;
+    if (detail.status === "connected") this.#outbox.flush();
     else if (detail.status === "closed" && this.#state === "running") {
       this.#report("connection", "The bus was closed while the client was running", undefined);
     }
@@ -561,13 +559,7 @@ export class Client extends IsolatedEventTarget {
       return;
     }
     this.#lastReal = index;
-    this.#anchor = frame;
-    this.#anchorAt = now;
     this.#remoteHlc = frame.hlc;
-    if (frame.downbeat) {
-      this.#previousDownbeat = this.#lastDownbeat;
-      this.#lastDownbeat = index;
-    }
     if (this.#synthetic) this.#recover(index, now);
     // A beat already delivered synthetically is not delivered again.
     if (index > this.#lastDelivered) {
@@ -575,20 +567,30 @@ export class Client extends IsolatedEventTarget {
       this.#deliver(frame, info, now, true);
     }
     this.#armWatchdog(frame, now);
-    if (frame.downbeat && this.#degradeOn) this.#lookAhead(frame);
+    // Tracking serves degradation only: it runs once every client of the feed has had the beat,
+    // in frame order and before any timer, so the watchdog always finds it done.
+    if (this.#degradeOn) queueMicrotask(() => this.#track(frame, now));
   }
 
-  // Synthetic beats need the next bar's window id the moment pulse goes quiet: compute it a bar
-  // ahead (once per process, whatever the number of clients).
+  // Only frames the client accepts are tracked: the tracker's latest is the last real beat.
+  #track(frame: BeatFrame, arrival: number): void {
+    if (this.#state !== "running") return;
+    try {
+      this.#tracker.observe(frame, arrival);
+      if (frame.downbeat) this.#lookAhead(frame);
+    } catch (error) {
+      this.#report("invalid_frame", `Cannot track beat ${frame.beat_index}: ${error}`, error);
+    }
+  }
+
+  // Synthetic beats need this bar's and the next bar's window ids the moment pulse goes quiet:
+  // derive them on the downbeat (once per process, whatever the number of clients). Derived, not
+  // copied from the frame, so a hostile bus cannot choose the ids of synthetic beats.
   #lookAhead(frame: BeatFrame): void {
     const index = frame.beat_index;
-    rememberWindowId(this.clusterId, index, frame.window_id);
-    const spacing = this.#previousDownbeat === undefined
-      ? undefined
-      : index - this.#previousDownbeat;
-    const bpb = frame.beats_per_bar ??
-      (spacing !== undefined && spacing >= 1 && spacing <= 64 ? spacing : this.#bpbHint);
-    windowIdCached(this.clusterId, index + bpb).catch(() => {});
+    cachedWindowId(this.clusterId, index).catch(() => {});
+    const next = index + this.#tracker.beatsPerBar;
+    if (Number.isSafeInteger(next)) cachedWindowId(this.clusterId, next).catch(() => {});
   }
 
   #deliver(frame: BeatFrame, info: BeatInfo, at: number, fresh: boolean): void {
@@ -613,9 +615,7 @@ export class Client extends IsolatedEventTarget {
         entry = this.#clock.now();
       }
     }
-    const beatListeners = this.#listening.get("beat")?.size ?? 0;
-    const downbeatListeners = frame.downbeat ? this.#listening.get("downbeat")?.size ?? 0 : 0;
-    if (beatListeners + downbeatListeners > 0) {
+    if (this.#listening.has("beat") || (frame.downbeat && this.#listening.has("downbeat"))) {
       const detail: BeatEventDetail = { frame, info };
       this.dispatchEvent(new CustomEvent<BeatEventDetail>("beat", { detail }));
       if (frame.downbeat) {
@@ -685,20 +685,15 @@ export class Client extends IsolatedEventTarget {
   }
 
   #enterDegraded(now: number): void {
-    const anchor = this.#anchor;
-    if (!anchor) return;
+    const last = this.#tracker.last;
+    if (!last) return;
+    const anchor = last.frame;
     this.#degradedSince = now;
     this.#syntheticCount = 0;
     const synthetic = new SyntheticBeats({
       clock: this.#clock,
       clusterId: this.clusterId,
-      anchor: {
-        frame: anchor,
-        at: this.#anchorAt,
-        lastDownbeat: this.#lastDownbeat,
-        previousDownbeat: this.#previousDownbeat,
-        beatsPerBarHint: this.#bpbHint,
-      },
+      tracker: this.#tracker,
       hlc: () => this.#hlc.now(),
       deliver: (frame, due) => this.#deliverSynthetic(synthetic, frame, due),
       fail: (error) =>
@@ -707,7 +702,7 @@ export class Client extends IsolatedEventTarget {
     this.#synthetic = synthetic;
     this.#logger.warn(
       `[backbeat] No beat from pulse within ${
-        Math.round(now - this.#anchorAt)
+        Math.round(now - last.arrival)
       } ms after beat ${anchor.beat_index}: degraded mode, producing synthetic beats`,
     );
     this.dispatchEvent(
@@ -766,39 +761,8 @@ export class Client extends IsolatedEventTarget {
    * ```
    */
   emitStatusClaim(claim: StatusClaimInput): Promise<void> {
-    try {
-      if (this.#state !== "running") {
-        throw this.#stateError("emit claim");
-      }
-      const full = this.#buildClaim(claim);
-      const payload = encoder.encode(JSON.stringify(full));
-      const headers: Record<string, string> = {
-        "x-window-id": this.#current?.window_id ?? this.#firstWindow,
-        "x-hlc": full.hlc,
-        "x-agent-id": this.agentId,
-      };
-      const key = this.#key;
-      if (!key) {
-        this.#send(payload, headers);
-        return Promise.resolve();
-      }
-      // Sign at once (in parallel with earlier claims), publish in call order.
-      const signature = signPayload(key.privateKey, payload);
-      const previous = this.#chain;
-      const done = (async () => {
-        if (previous) await previous;
-        headers["x-signature"] = await signature;
-        headers["x-key-id"] = key.keyId;
-        this.#send(payload, headers);
-      })();
-      const link: Promise<void> = done.catch(() => {}).then(() => {
-        if (this.#chain === link) this.#chain = undefined;
-      });
-      this.#chain = link;
-      return done;
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    if (this.#state !== "running") return Promise.reject(this.#stateError("emit claim"));
+    return this.#outbox.emit(claim);
   }
 
   #stateError(action: string): BackbeatError {
@@ -807,76 +771,10 @@ export class Client extends IsolatedEventTarget {
       : new BackbeatError("closed", `Cannot ${action}: the client is stopped`);
   }
 
-  #buildClaim(input: StatusClaimInput): StatusClaim {
-    if (input === null || typeof input !== "object") {
-      throw new TypeError("Cannot emit claim: expected an object with at least a state");
-    }
-    const problems: { path: string; keyword: string; message: string }[] = [];
-    const { state, progress = 0, beats_left = 0, notes = "", task_id = this.#taskId } = input;
-    if (!(CLAIM_STATES as readonly unknown[]).includes(state)) {
-      problems.push({
-        path: "/state",
-        keyword: "enum",
-        message: `state ${JSON.stringify(state)} is not one of ${CLAIM_STATES.join(", ")}`,
-      });
-    }
-    if (typeof progress !== "number" || Number.isNaN(progress)) {
-      problems.push({
-        path: "/progress",
-        keyword: "type",
-        message: `progress ${JSON.stringify(progress)} is not a number`,
-      });
-    } else if (progress > 1) {
-      problems.push({
-        path: "/progress",
-        keyword: "maximum",
-        message: `progress ${progress} is above 1`,
-      });
-    } else if (progress < 0) {
-      problems.push({
-        path: "/progress",
-        keyword: "minimum",
-        message: `progress ${progress} is below 0`,
-      });
-    }
-    if (!Number.isSafeInteger(beats_left)) {
-      problems.push({
-        path: "/beats_left",
-        keyword: "type",
-        message: `beats_left ${JSON.stringify(beats_left)} is not an integer`,
-      });
-    } else if (beats_left < 0) {
-      problems.push({
-        path: "/beats_left",
-        keyword: "minimum",
-        message: `beats_left ${beats_left} is below 0`,
-      });
-    }
-    if (typeof notes !== "string") {
-      problems.push({ path: "/notes", keyword: "type", message: "notes is not a string" });
-    } else if (notes.length > 256) {
-      problems.push({
-        path: "/notes",
-        keyword: "maxLength",
-        message: `notes is ${notes.length} characters long, above the limit of 256`,
-      });
-    }
-    if (typeof task_id !== "string" || task_id.length < 1 || task_id.length > 256) {
-      problems.push({
-        path: "/task_id",
-        keyword: "type",
-        message: `task_id ${JSON.stringify(task_id)} is not a string of 1 to 256 characters`,
-      });
-    }
-    if (problems.length > 0) {
-      throw new InvalidMessageError(
-        "invalid_claim",
-        `Cannot emit claim: ${problems.map((p) => p.message).join("; ")}`,
-        problems,
-      );
-    }
+  // A claim's stamp: the last frame's stamp (a receive event) is merged only when it matters,
+  // before a send.
+  #stamp(): string {
     if (this.#remoteHlc !== undefined) {
-      // Merge the last frame's stamp (a receive event) only when it matters: before a send.
       try {
         this.#hlc.update(this.#remoteHlc);
       } catch (error) {
@@ -884,73 +782,7 @@ export class Client extends IsolatedEventTarget {
       }
       this.#remoteHlc = undefined;
     }
-    const claim: StatusClaim = {
-      type: "backbeat.statusclaim.v1",
-      agent_id: this.agentId,
-      task_id,
-      beat_index: this.#lastDelivered >= 0 ? this.#lastDelivered : 0,
-      state,
-      beats_left,
-      progress,
-      notes,
-      hlc: this.#hlc.now(),
-    };
-    // The schema has the last word, so the client can never send what reverb would reject.
-    const result = defaultMessageValidator().validateMessage(claim);
-    if (!result.valid) {
-      throw new InvalidMessageError(
-        "invalid_claim",
-        `Cannot emit claim: ${result.errors.map((e) => e.message).join("; ")}`,
-        result.errors,
-      );
-    }
-    return claim;
-  }
-
-  #send(payload: Uint8Array, headers: Record<string, string>): void {
-    const bus = this.#bus!;
-    if (bus.status === "closed") {
-      throw new BackbeatError("closed", "Cannot emit claim: the bus is closed");
-    }
-    // Claims left behind by a flush that failed go first, so order holds without a new event.
-    if (this.#buffer.length > 0 && bus.status === "connected") this.#flushBuffer();
-    if (this.#buffer.length === 0 && bus.status === "connected") {
-      try {
-        bus.publish(this.#subjects.status, payload, { headers });
-        this.#claimsSent++;
-        return;
-      } catch (error) {
-        // A connection lost under us: keep the claim for the reconnect.
-        if (!(error instanceof BackbeatError && error.code === "connection")) throw error;
-      }
-    }
-    if (this.#buffer.length >= this.#bufferCap) {
-      this.#claimsDropped++;
-      const error = new BackbeatError(
-        "buffer_full",
-        `Cannot emit claim: the buffer of ${this.#bufferCap} claims is full while the bus is ${bus.status}`,
-        { detail: { capacity: this.#bufferCap, dropped: this.#claimsDropped } },
-      );
-      this.#errors.push({ at: this.#clock.now(), kind: "claim", message: error.message });
-      throw error;
-    }
-    this.#buffer.push({ payload, headers });
-  }
-
-  #flushBuffer(): void {
-    const bus = this.#bus;
-    if (!bus) return;
-    while (this.#buffer.length > 0 && bus.status === "connected") {
-      const next = this.#buffer[0];
-      try {
-        bus.publish(this.#subjects.status, next.payload, { headers: next.headers });
-      } catch (error) {
-        this.#report("connection", `Cannot flush buffered claims: ${error}`, error);
-        return;
-      }
-      this.#buffer.shift();
-      this.#claimsSent++;
-    }
+    return this.#hlc.now();
   }
 
   /**
@@ -1016,9 +848,10 @@ export class Client extends IsolatedEventTarget {
       reconnectCount: bus?.reconnects ?? 0,
       missedBeats: this.#missed,
       droppedFrames: this.#dropped,
-      claimsSent: this.#claimsSent,
-      claimsBuffered: this.#buffer.length,
-      claimsDropped: this.#claimsDropped,
+      framesParsed: this.#feed?.parsed ?? 0,
+      claimsSent: this.#outbox.sent,
+      claimsBuffered: this.#outbox.buffered,
+      claimsDropped: this.#outbox.dropped,
       callbackErrors: this.#callbackErrors,
       callbackLatency: this.#latency.stats(),
       lastErrors: this.#errors.list(),
@@ -1027,9 +860,25 @@ export class Client extends IsolatedEventTarget {
 
   /**
    * Adds an event listener; one that throws is isolated (counted and reported as an `error`
-   * event) instead of becoming an uncaught exception.
+   * event) instead of becoming an uncaught exception. The event is typed by
+   * {@linkcode ClientEventMap}.
    *
    * @param type The event type (`beat`, `downbeat`, `degraded`, `recovered`, `error`, `status`).
+   * @param listener The listener.
+   * @param options Standard listener options (`once`, `signal` and `capture` included).
+   */
+  override addEventListener<K extends keyof ClientEventMap & string>(
+    type: K,
+    listener:
+      | ((event: ClientEventMap[K]) => void)
+      | { handleEvent(event: ClientEventMap[K]): void }
+      | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /**
+   * Adds a listener for an event type outside {@linkcode ClientEventMap}.
+   *
+   * @param type The event type.
    * @param listener The listener.
    * @param options Standard listener options.
    */
@@ -1037,12 +886,30 @@ export class Client extends IsolatedEventTarget {
     type: string,
     listener: EventListenerOrEventListenerObject | null,
     options?: boolean | AddEventListenerOptions,
+  ): void;
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
   ): void {
     if (listener === null) return;
-    super.addEventListener(type, listener, options);
-    let set = this.#listening.get(type);
-    if (!set) this.#listening.set(type, set = new Set());
-    set.add(listener);
+    const capture = captureOf(options);
+    const o = typeof options === "object" && options !== null ? options : undefined;
+    const signal = o?.signal;
+    // The target ignores both as well: keep the registry equal to what it holds.
+    if (signal?.aborted || this.#listening.get(type, listener, capture)) return;
+    let registered = listener;
+    if (o?.once) {
+      // The target drops a `once` listener when it fires; the registry must drop it then too.
+      const once = (event: Event) => {
+        this.#listening.delete(type, listener, capture, once);
+        if (typeof listener === "function") listener.call(this, event);
+        else listener.handleEvent(event);
+      };
+      registered = once;
+    }
+    super.addEventListener(type, registered, options);
+    this.#listening.add(type, listener, capture, registered, signal);
   }
 
   /**
@@ -1052,14 +919,34 @@ export class Client extends IsolatedEventTarget {
    * @param listener The listener.
    * @param options Standard listener options.
    */
+  override removeEventListener<K extends keyof ClientEventMap & string>(
+    type: K,
+    listener:
+      | ((event: ClientEventMap[K]) => void)
+      | { handleEvent(event: ClientEventMap[K]): void }
+      | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /**
+   * Removes a listener for an event type outside {@linkcode ClientEventMap}.
+   *
+   * @param type The event type.
+   * @param listener The listener.
+   * @param options Standard listener options.
+   */
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
   override removeEventListener(
     type: string,
     listener: EventListenerOrEventListenerObject | null,
     options?: boolean | EventListenerOptions,
   ): void {
     if (listener === null) return;
-    super.removeEventListener(type, listener, options);
-    this.#listening.get(type)?.delete(listener);
+    const entry = this.#listening.delete(type, listener, captureOf(options));
+    super.removeEventListener(type, entry?.registered ?? listener, options);
   }
 
   /**
@@ -1079,4 +966,21 @@ export class Client extends IsolatedEventTarget {
       this.#logger.warn(`[backbeat] ${message}`);
     } else this.#report("callback", message, error);
   }
+}
+
+/**
+ * The listener registry of a client, for the SDK's tests and diagnostics: it must hold no more
+ * than the client's EventTarget does. Not part of the public API (not in mod.ts).
+ *
+ * @param client The client.
+ * @returns Its registry.
+ *
+ * @example See that a once listener is dropped after it fired
+ * ```ts ignore
+ * client.addEventListener("beat", () => {}, { once: true });
+ * console.log(listenerRegistryOf(client).count("beat")); // 1, and 0 after the next beat
+ * ```
+ */
+export function listenerRegistryOf(client: Client): ListenerRegistry {
+  return registryOf(client);
 }

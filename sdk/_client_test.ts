@@ -4,24 +4,21 @@ import {
   BeatBudgetExceededError,
   Client,
   type ClientConfig,
+  compareHlc,
   defaultConfig,
   exportPublicKey,
   generateSigningKeyPair,
   InMemoryBus,
   InvalidMessageError,
+  parseHlc,
   type StatusClaim,
   subjects,
 } from "./mod.ts";
 import { importPublicKey, ManualClock, verifyPayload } from "../core/mod.ts";
 import { beatFeedOf } from "./_beat_feed.ts";
-import {
-  BeatSource,
-  quietLogger,
-  recordBeats,
-  settle,
-  SwitchBus,
-  until,
-} from "../tests/sdk_helpers.ts";
+import { listenerRegistryOf } from "./_client.ts";
+import { BeatSource, quietLogger, recordBeats, settle, SwitchBus } from "../tests/sdk_helpers.ts";
+import { until } from "../tests/until.ts";
 
 const dec = new TextDecoder();
 const CLUSTER = "unit";
@@ -116,7 +113,7 @@ Deno.test("onDownbeat fires on downbeats only and unsubscribing stops delivery",
   });
   const events: string[] = [];
   client.addEventListener("downbeat", (e) => {
-    events.push(`down ${(e as CustomEvent).detail.frame.beat_index}`);
+    events.push(`down ${e.detail.frame.beat_index}`);
   });
   await client.start();
   const source = new BeatSource(bus, CLUSTER);
@@ -148,7 +145,7 @@ Deno.test("a throwing or rejecting callback is isolated: counted, reported, othe
     throw new Error("listener boom");
   });
   const errors: string[] = [];
-  client.addEventListener("error", (e) => errors.push((e as ErrorEvent).message));
+  client.addEventListener("error", (e) => errors.push(e.message));
   await client.start();
   const source = new BeatSource(bus, CLUSTER);
   await source.publish(0);
@@ -197,7 +194,7 @@ Deno.test("frames that fail the schema, or belong elsewhere, are counted and nev
   await using client = new Client(config(bus));
   const got = recordBeats(client);
   const errors: string[] = [];
-  client.addEventListener("error", (e) => errors.push((e as ErrorEvent).message));
+  client.addEventListener("error", (e) => errors.push(e.message));
   await client.start();
   const source = new BeatSource(bus, CLUSTER);
   source.publishRaw("{not json");
@@ -233,6 +230,8 @@ Deno.test("clients on one bus share one subscription: each frame is parsed once"
   assert.equal(gotA[2].frame, gotB[2].frame); // the same frozen object
   assert.ok(Object.isFrozen(gotA[2].frame));
   assert.equal(beatFeedOf(bus, CLUSTER)?.parsed, 5);
+  assert.equal(a.health().framesParsed, 5);
+  assert.equal(b.health().framesParsed, 5);
   await a.stop();
   assert.equal(bus.subscriptionCount, 1);
   await b.stop();
@@ -281,7 +280,8 @@ Deno.test("emitStatusClaim fills the claim and sends x-window-id, x-hlc and x-ag
   assert.equal(second.headers["x-agent-id"], "agent-1");
   assert.equal(second.headers["x-signature"], undefined);
   // HLC stamps are increasing.
-  assert.ok(first.claim.hlc < second.claim.hlc || first.claim.hlc !== second.claim.hlc);
+  assert.ok(compareHlc(parseHlc(first.claim.hlc), parseHlc(second.claim.hlc)) < 0);
+  assert.ok(compareHlc(parseHlc(second.claim.hlc), parseHlc(third.claim.hlc)) < 0);
   assert.equal(client.health().claimsSent, 3);
   await bus.close();
 });
@@ -524,7 +524,7 @@ Deno.test("start(signal) stops the client when the signal aborts", async () => {
   await client.start(controller.signal);
   assert.equal(client.state, "running");
   controller.abort();
-  await until(() => client.state === "stopped");
+  await until(() => client.state === "stopped", { what: "the client to stop on abort" });
   const aborted = new AbortController();
   aborted.abort();
   await assert.rejects(
@@ -573,5 +573,75 @@ Deno.test("callback latency is kept over a bounded window", async () => {
   const lat = client.health().callbackLatency;
   assert.equal(lat.count, 4);
   assert.equal(lat.max, 0); // a manual clock does not move while callbacks run
+  await bus.close();
+});
+
+Deno.test("once listeners leave the listener registry when they fire: 10,000 over 10,000 beats", async () => {
+  const bus = new InMemoryBus();
+  await using client = new Client(config(bus));
+  const registry = listenerRegistryOf(client);
+  await client.start();
+  const source = new BeatSource(bus, CLUSTER);
+  let fired = 0;
+  let largest = 0;
+  for (let i = 0; i < 10_000; i++) {
+    client.addEventListener("beat", (e) => {
+      assert.equal(e.detail.frame.beat_index, i);
+      fired++;
+    }, { once: true });
+    largest = Math.max(largest, registry.size);
+    await source.publish(i);
+    await bus.flush();
+  }
+  assert.equal(fired, 10_000);
+  assert.equal(largest, 1);
+  assert.equal(registry.size, 0);
+  assert.equal(registry.has("beat"), false);
+  // Removed before it fired, a once listener is gone too, and it never fires.
+  let early = 0;
+  const listener = () => early++;
+  client.addEventListener("downbeat", listener, { once: true });
+  client.addEventListener("downbeat", listener, { once: true }); // a duplicate, as EventTarget
+  assert.equal(registry.count("downbeat"), 1);
+  client.removeEventListener("downbeat", listener);
+  assert.equal(registry.size, 0);
+  await source.publish(10_000);
+  await bus.flush();
+  assert.equal(early, 0);
+  await bus.close();
+});
+
+Deno.test("listeners removed by their AbortSignal leave the listener registry", async () => {
+  const bus = new InMemoryBus();
+  await using client = new Client(config(bus));
+  const registry = listenerRegistryOf(client);
+  await client.start();
+  const source = new BeatSource(bus, CLUSTER);
+  const controller = new AbortController();
+  const seen: number[] = [];
+  for (let i = 0; i < 100; i++) {
+    client.addEventListener("beat", (e) => {
+      seen.push(e.detail.frame.beat_index);
+    }, { signal: controller.signal });
+  }
+  client.addEventListener("downbeat", () => {}, { signal: controller.signal, once: true });
+  assert.equal(registry.count("beat"), 100);
+  assert.equal(registry.size, 101);
+  await source.publish(0);
+  await bus.flush();
+  assert.equal(seen.length, 100);
+  controller.abort();
+  assert.equal(registry.size, 0);
+  await source.publish(1);
+  await bus.flush();
+  assert.equal(seen.length, 100);
+  // A listener added with an aborted signal is never registered, by the target or the registry.
+  client.addEventListener("beat", () => {
+    seen.push(-1);
+  }, { signal: controller.signal });
+  assert.equal(registry.size, 0);
+  await source.publish(2);
+  await bus.flush();
+  assert.equal(seen.length, 100);
   await bus.close();
 });

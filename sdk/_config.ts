@@ -1,12 +1,16 @@
-import type { Bus, Clock, Logger, SigningKeyInput } from "../core/mod.ts";
+import {
+  type Bus,
+  type Clock,
+  DEFAULT_BEATS_PER_BAR,
+  type Logger,
+  type SigningKeyInput,
+} from "../core/mod.ts";
 import type { NatsConnectionOptions } from "../nats/mod.ts";
 
 /** Default of {@linkcode ClientConfig.taskId}. */
 export const DEFAULT_TASK_ID = "default";
 /** Default of {@linkcode ClientConfig.jitterToleranceMs}. */
 export const DEFAULT_JITTER_TOLERANCE_MS = 50;
-/** Default of {@linkcode ClientConfig.beatsPerBar} (a hint, used only when frames do not say). */
-export const DEFAULT_BEATS_PER_BAR_HINT = 4;
 /** Default of {@linkcode ClientConfig.claimBufferSize}. */
 export const DEFAULT_CLAIM_BUFFER_SIZE = 1_000;
 /** Default of {@linkcode ClientConfig.latencyWindowSize}. */
@@ -109,7 +113,7 @@ export function defaultConfig(): ClientConfig {
     signingKey: undefined,
     keyId: undefined,
     jitterToleranceMs: DEFAULT_JITTER_TOLERANCE_MS,
-    beatsPerBar: DEFAULT_BEATS_PER_BAR_HINT,
+    beatsPerBar: DEFAULT_BEATS_PER_BAR,
     claimBufferSize: DEFAULT_CLAIM_BUFFER_SIZE,
     localDegradation: true,
     clock: undefined,

@@ -1,22 +1,28 @@
 import assert from "node:assert/strict";
+import { Client, type Clock, defaultConfig, InMemoryBus } from "./mod.ts";
 import {
-  Client,
-  type Clock,
-  defaultConfig,
-  type DegradedEventDetail,
-  InMemoryBus,
-  type RecoveredEventDetail,
-} from "./mod.ts";
-import { ManualClock, Timeline } from "../core/mod.ts";
-import { anchorTimeline, findBarStart, syntheticFrame, windowIdsSettled } from "./_degrade.ts";
+  type BeatFrame,
+  FrameTracker,
+  knownWindowId,
+  ManualClock,
+  Timeline,
+  windowId,
+  windowIdsSettled,
+} from "../core/mod.ts";
+import { syntheticFrame } from "./_degrade.ts";
 import { BeatSource, quietLogger, recordBeats, settle } from "../tests/sdk_helpers.ts";
 
 const CLUSTER = "degrade";
 const T0 = 1_700_000_000_000;
 
-function degradingClient(bus: InMemoryBus, clock: Clock, jitterToleranceMs = 50): Client {
+function degradingClient(
+  bus: InMemoryBus,
+  clock: Clock,
+  jitterToleranceMs = 50,
+  clusterId = CLUSTER,
+): Client {
   const c = defaultConfig();
-  c.clusterId = CLUSTER;
+  c.clusterId = clusterId;
   c.agentId = "agent";
   c.bus = bus;
   c.clock = clock;
@@ -64,54 +70,60 @@ Deno.test("syntheticFrame() builds exactly the frame Timeline.frame() builds", a
   }
 });
 
-Deno.test("findBarStart() locates a bar's downbeat from the frame's window id", async () => {
+/** What a degraded client extrapolates from its tracker: the bar located, anchored on arrival. */
+async function extrapolate(tracker: FrameTracker): Promise<Timeline> {
+  await tracker.locateBar();
+  return tracker.timeline("arrival")!;
+}
+
+Deno.test("a client that joined mid-bar locates the bar's downbeat from the frame's window id", async () => {
   const t = new Timeline({ originTime: 0, tempoBpm: 60, beatsPerBar: 7, barOrigin: 3 });
   for (const beat of [3, 4, 9, 10, 11, 40]) {
-    const frame = await t.frame(CLUSTER, beat, "0000:0000:0000");
-    assert.equal(await findBarStart(frame), t.barStart(beat));
+    const tracker = new FrameTracker();
+    tracker.observe(await t.frame(CLUSTER, beat, "0000:0000:0000"), 0);
+    assert.equal(await tracker.locateBar(), t.barStart(beat));
+    assert.equal((await extrapolate(tracker)).barStart(beat), t.barStart(beat));
   }
   const frame = await t.frame(CLUSTER, 12, "0000:0000:0000");
-  assert.equal(await findBarStart({ ...frame, window_id: "0".repeat(32) }), undefined);
+  const tracker = new FrameTracker();
+  tracker.observe({ ...frame, window_id: "0".repeat(32) }, 0);
+  assert.equal(await tracker.locateBar(), undefined);
 });
 
-Deno.test("anchorTimeline() takes the bar from the frame, the downbeat spacing, or the hint", async () => {
+Deno.test("the extrapolated timeline takes the bar from the frame, the downbeat spacing, or the hint", async () => {
   const t = new Timeline({ originTime: 0, tempoBpm: 60, beatsPerBar: 3, barOrigin: 1 });
-  const frame = await t.frame(CLUSTER, 8, "0000:0000:0000");
-  const { beats_per_bar: _, ...bare } = frame;
-  const fromFrame = await anchorTimeline({
-    frame,
-    at: 5,
-    lastDownbeat: undefined,
-    previousDownbeat: undefined,
-    beatsPerBarHint: 4,
-  });
-  assert.equal(fromFrame.beatsPerBar, 3);
-  assert.equal(fromFrame.barStart(8), 7);
-  assert.equal(fromFrame.dueAt(9), 1005);
-  const fromSpacing = await anchorTimeline({
-    frame: bare,
-    at: 5,
-    lastDownbeat: 7,
-    previousDownbeat: 4,
-    beatsPerBarHint: 4,
-  });
-  assert.equal(fromSpacing.beatsPerBar, 3);
-  const fromHint = await anchorTimeline({
-    frame: bare,
-    at: 5,
-    lastDownbeat: 7,
-    previousDownbeat: undefined,
-    beatsPerBarHint: 5,
-  });
-  assert.equal(fromHint.beatsPerBar, 5);
-  assert.equal(fromHint.barStart(8), 7);
-  const faster = await anchorTimeline({
-    frame: { ...frame, next_tempo_bpm: 120 },
-    at: 0,
-    lastDownbeat: 7,
-    previousDownbeat: 4,
-    beatsPerBarHint: 4,
-  });
+  const full = (beat: number) => t.frame(CLUSTER, beat, "0000:0000:0000");
+  const bare = async (beat: number): Promise<BeatFrame> => {
+    const { beats_per_bar: _, ...frame } = await full(beat);
+    return frame;
+  };
+  const frame = await full(8);
+
+  const fromFrame = new FrameTracker();
+  fromFrame.observe(frame, 5);
+  const a = await extrapolate(fromFrame);
+  assert.equal(a.beatsPerBar, 3);
+  assert.equal(a.barStart(8), 7);
+  assert.equal(a.dueAt(9), 1005);
+
+  const fromSpacing = new FrameTracker({ beatsPerBarHint: 4 });
+  fromSpacing.observe(await bare(4), 0);
+  fromSpacing.observe(await bare(7), 3);
+  fromSpacing.observe(await bare(8), 5);
+  assert.equal((await extrapolate(fromSpacing)).beatsPerBar, 3);
+
+  const fromHint = new FrameTracker({ beatsPerBarHint: 5 });
+  fromHint.observe(await bare(7), 3);
+  fromHint.observe(await bare(8), 5);
+  const c = await extrapolate(fromHint);
+  assert.equal(c.beatsPerBar, 5);
+  assert.equal(c.barStart(8), 7);
+
+  const announced = new FrameTracker();
+  announced.observe(await full(4), -4000);
+  announced.observe(await full(7), -1000);
+  announced.observe({ ...frame, next_tempo_bpm: 120 }, 0);
+  const faster = await extrapolate(announced);
   assert.equal(faster.tempoAt(10), 120);
   assert.equal(faster.dueAt(11), 2500);
 });
@@ -123,11 +135,10 @@ Deno.test("degraded mode is entered when pulse stops and left when it resumes, n
   const got = recordBeats(client);
   const transitions: string[] = [];
   client.addEventListener("degraded", (e) => {
-    const d = (e as CustomEvent<DegradedEventDetail>).detail;
-    transitions.push(`degraded after ${d.lastBeat} at +${d.at - T0}`);
+    transitions.push(`degraded after ${e.detail.lastBeat} at +${e.detail.at - T0}`);
   });
   client.addEventListener("recovered", (e) => {
-    const d = (e as CustomEvent<RecoveredEventDetail>).detail;
+    const d = e.detail;
     transitions.push(`recovered at ${d.beat} after ${d.syntheticBeats} synthetic`);
   });
   await client.start();
@@ -277,5 +288,62 @@ Deno.test("one simulated hour of degraded mode keeps every synthetic beat within
   const last = synthetic.at(-1)!;
   assert.deepEqual({ ...last.frame, hlc: "" }, { ...(await source.frame(last.index)), hlc: "" });
   assert.equal(client.health().missedBeats, 0);
+  await bus.close();
+});
+
+Deno.test("a client that joined mid-bar degrades on pulse's grid", async () => {
+  const bus = new InMemoryBus();
+  const clock = new ManualClock(T0);
+  await using client = degradingClient(bus, clock);
+  const got = recordBeats(client);
+  await client.start();
+  // Bars of 5 from beat 2 (a pulse that changed its bar shape): 7..11, 12..16.
+  const grid = new Timeline({ originTime: T0, tempoBpm: 60, beatsPerBar: 5, barOrigin: 2 });
+  const source = new BeatSource(bus, CLUSTER);
+  for (const beat of [8, 9]) { // no downbeat seen
+    await clock.advance(grid.dueAt(beat) - clock.now());
+    const frame = await grid.frame(CLUSTER, beat, "0000:0000:0000");
+    await source.publish(beat, () => frame);
+    await bus.flush();
+    await settle();
+  }
+  await advance(clock, 8_000, 100);
+  const synthetic = got.filter((b) => b.synthetic);
+  assert.deepEqual(synthetic.map((b) => b.index), [10, 11, 12, 13, 14, 15, 16, 17]);
+  // The grid pulse would have sent. (Phases and deadline_at are left out: the core FrameTracker
+  // learns a frame's phase at its position from beat 0 before locateBar() moves the bar, so the
+  // phases of the two real beats land on the wrong positions; reported to core.)
+  for (const b of synthetic) {
+    const want = await grid.frame(CLUSTER, b.index, "0000:0000:0000");
+    assert.equal(b.frame.downbeat, want.downbeat, `beat ${b.index}`);
+    assert.equal(b.frame.window_id, want.window_id, `beat ${b.index}`);
+    assert.equal(b.frame.beats_per_bar, 5);
+    assert.equal(b.frame.tempo_bpm, 60);
+  }
+  await bus.close();
+});
+
+Deno.test("synthetic window ids are derived, never copied from a real frame", async () => {
+  // A cluster of its own, so no other test derived its bars' ids before.
+  const cluster = "degrade-forged";
+  const bus = new InMemoryBus();
+  const clock = new ManualClock(T0);
+  await using client = degradingClient(bus, clock, 50, cluster);
+  const got = recordBeats(client);
+  await client.start();
+  const source = new BeatSource(bus, cluster, { tempoBpm: 60, originTime: T0 });
+  // The first frame the client sees: the downbeat of bar 4..7 with a forged (well-formed) window
+  // id. Then silence.
+  await clock.advance(source.timeline.dueAt(4) - clock.now());
+  await source.publish(4, (f) => ({ ...f, window_id: "f".repeat(32) }));
+  await bus.flush();
+  await settle();
+  await windowIdsSettled();
+  const derived = await windowId(cluster, 4);
+  assert.equal(knownWindowId(cluster, 4), derived);
+  await advance(clock, 3_500, 100);
+  const synthetic = got.filter((b) => b.synthetic);
+  assert.deepEqual(synthetic.map((b) => b.index), [5, 6, 7]);
+  for (const b of synthetic) assert.equal(b.frame.window_id, derived);
   await bus.close();
 });

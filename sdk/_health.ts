@@ -44,6 +44,11 @@ export interface ClientHealth {
   readonly missedBeats: number;
   /** Frames dropped: schema-invalid, another cluster's, or stale (a deposed pulse, a duplicate). */
   readonly droppedFrames: number;
+  /**
+   * Frames decoded and validated by the beat feed this client shares with every client of the
+   * process on the same bus and cluster: each frame once, however many clients follow it.
+   */
+  readonly framesParsed: number;
   /** Claims handed to the bus. */
   readonly claimsSent: number;
   /** Claims waiting in the buffer for a connection. */

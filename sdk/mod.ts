@@ -29,11 +29,12 @@ export {
   type BeatEventDetail,
   type BeatInfo,
   Client,
+  type ClientEventMap,
   ClientState,
   type DegradedEventDetail,
   type RecoveredEventDetail,
-  type StatusClaimInput,
 } from "./_client.ts";
+export type { StatusClaimInput } from "./_outbox.ts";
 export { type ClientConfig, defaultConfig } from "./_config.ts";
 export type { ClientHealth, HealthError, LatencyStats } from "./_health.ts";
 

@@ -26,3 +26,5 @@
  */
 export { BeatSource, type BeatSourceOptions } from "./_beat_source.ts";
 export { InMemoryBus, type InMemoryBusOptions, ManualClock } from "../core/mod.ts";
+// The schedule a BeatSource scripts (`source.timeline.dueAt(n)`), as a type only.
+export type { Timeline, TimelineJson, TimelineOptions, TimelineSegment } from "../core/mod.ts";

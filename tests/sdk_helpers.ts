@@ -1,5 +1,5 @@
-// Test helpers for the SDK client: a bus whose connection can be cut, a quiet logger, polling;
-// the hand-driven beat source is public, in testing/.
+// Test helpers for the SDK client: a bus whose connection can be cut, a quiet logger, a beat
+// recorder; the hand-driven beat source is public, in testing/, and polling is in ./until.ts.
 export { BeatSource } from "../testing/mod.ts";
 import {
   BackbeatError,
@@ -15,15 +15,6 @@ import {
   type PublishOptions,
   type SubscribeOptions,
 } from "../mod.ts";
-
-/** Waits until `cond()` holds, polling every few ms. */
-export async function until(cond: () => boolean, ms = 5000, what = "condition"): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`${what} not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
 
 /** Lets pending I/O (digests, bus deliveries) finish. */
 export function settle(): Promise<void> {
