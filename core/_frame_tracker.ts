@@ -203,11 +203,7 @@ export class FrameTracker {
     this.#lowRun = undefined;
     const barChanged = this.#learnGrid(frame);
     const pos = this.positionInBar(beat);
-    if (this.#phases[pos] !== frame.phase) {
-      this.#phases = [...this.#phases];
-      this.#phases[pos] = frame.phase;
-      this.#deadline = undefined;
-    }
+    this.#learnPhase(pos, frame.phase);
     // deadline_at ends this beat's phase: step back over the phase's remaining beats.
     let k = pos + 1;
     while (k < this.#beatsPerBar && this.#phases[k] === this.#phases[pos]) k++;
@@ -234,6 +230,8 @@ export class FrameTracker {
         // Only if nothing newer was learned meanwhile.
         if (this.#barOrigin === undefined && this.#last?.frame === f) {
           this.#barOrigin = d;
+          this.#phases = defaultPhases(this.#beatsPerBar);
+          this.#learnPhase(this.positionInBar(f.beat_index), f.phase);
           this.#deadline = undefined;
         }
         return this.#barOrigin;
@@ -302,9 +300,21 @@ export class FrameTracker {
     if (frame.downbeat && (this.#barOrigin === undefined || this.positionInBar(beat) !== 0)) {
       changed ||= hadGrid && this.#barOrigin !== undefined;
       this.#barOrigin = beat;
+      // Phases seen before were placed on a guessed grid: learn them again on this one.
+      this.#phases = defaultPhases(this.#beatsPerBar);
+      this.#deadline = undefined;
     }
     if (changed) this.#deadline = undefined;
     return changed;
+  }
+
+  // A phase is learned only where the bar grid is known: a position counted from a guessed
+  // origin would put it on the wrong beat of the bar.
+  #learnPhase(pos: number, phase: Phase): void {
+    if (this.#barOrigin === undefined || this.#phases[pos] === phase) return;
+    this.#phases = [...this.#phases];
+    this.#phases[pos] = phase;
+    this.#deadline = undefined;
   }
 
   // Keeps the deadline-anchored timeline while frames agree with it, so its identity (and what

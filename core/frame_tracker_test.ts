@@ -135,3 +135,17 @@ Deno.test("FrameTracker: a downbeat off the grid moves the bar origin", async ()
   assert.equal(tracker.barOrigin, 6);
   assert.equal(tracker.timeline()!.isDownbeat(10), true);
 });
+
+Deno.test("FrameTracker: phases seen before the bar is located are learned on the located grid", async () => {
+  // A grid starting at beat 2, with a custom phase map, joined mid-bar.
+  const phases = ["plan", "plan", "execute", "review"] as const;
+  const source = new Timeline({ originTime: 0, tempoBpm: 60, barOrigin: 2, phases: [...phases] });
+  const tracker = new FrameTracker();
+  tracker.observe(await source.frame("dev", 7, HLC), 7_000);
+  tracker.observe(await source.frame("dev", 8, HLC), 8_000);
+  assert.equal(await tracker.locateBar(), 6);
+  const t = tracker.timeline("arrival")!;
+  assert.equal(t.phaseOf(8), "execute");
+  assert.equal(t.isDownbeat(10), true);
+  assert.equal(t.deadlineAt(8), source.deadlineAt(8));
+});
