@@ -21,10 +21,10 @@ import {
   parseNumber,
 } from "../service/mod.ts";
 import { DEFAULT_PULSE_HTTP_HOSTNAME, DEFAULT_PULSE_HTTP_PORT, servePulseHttp } from "./_http.ts";
-import { MAX_PULSE_TEMPO_BPM, Pulse, type TempoChange } from "./_pulse.ts";
+import { Pulse } from "./_pulse.ts";
+import { MAX_PULSE_TEMPO_BPM } from "./_tempo.ts";
 
-/** Default cluster id of the pulse command. */
-export const DEFAULT_PULSE_CLUSTER = "chorus-dev";
+const DEFAULT_PULSE_CLUSTER = "chorus-dev";
 
 const FLAGS: readonly FlagSpec[] = [
   { name: "cluster", env: "BACKBEAT_CLUSTER" },
@@ -93,7 +93,8 @@ export type PulseCommand =
   | { readonly help: false; readonly config: PulseConfig };
 
 /**
- * Parses the pulse command line; flags win over `BACKBEAT_*` environment variables.
+ * Parses the pulse command line; flags win over `BACKBEAT_*` environment variables. One leading
+ * `--` is skipped: `deno task pulse -- --help` passes it on.
  *
  * @param args Command-line arguments.
  * @param env Environment variables (see {@linkcode PULSE_ENV_VARS}). @default {{}}
@@ -102,14 +103,18 @@ export type PulseCommand =
  * @throws {RangeError} On a number out of range.
  *
  * @example Parse flags
- * ```ts
- * import { parsePulseArgs } from "@chorus/backbeat/pulse";
+ * ```ts ignore
+ * import { parsePulseArgs } from "./_cli.ts";
  * const cmd = parsePulseArgs(["--cluster", "prod", "--tempo", "120"], { BACKBEAT_LOG_LEVEL: "debug" });
  * if (!cmd.help) console.log(cmd.config.tempoBpm, cmd.config.logLevel); // 120 "debug"
  * ```
  */
 export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): PulseCommand {
-  const { values, sources, positionals } = parseFlags(args, FLAGS, env);
+  const { values, sources, positionals } = parseFlags(
+    args[0] === "--" ? args.slice(1) : args,
+    FLAGS,
+    env,
+  );
   if (values.help) return { help: true };
   if (positionals.length > 0) {
     throw new TypeError(`Unexpected argument ${JSON.stringify(positionals[0])}`);
@@ -198,7 +203,7 @@ export interface RunPulseOptions {
  *
  * @example Run until aborted
  * ```ts ignore
- * import { parsePulseArgs, runPulse } from "@chorus/backbeat/pulse";
+ * import { parsePulseArgs, runPulse } from "./_cli.ts";
  * const cmd = parsePulseArgs(["--http", "127.0.0.1:0"]);
  * const ac = new AbortController();
  * setTimeout(() => ac.abort(), 1000);
@@ -230,8 +235,7 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
     logger,
   });
   pulse.addEventListener("tempo", (e) => {
-    const c = (e as CustomEvent<TempoChange>).detail;
-    logger.info("tempo", { tempo_bpm: c.tempoBpm, effective_beat: c.effectiveBeat });
+    logger.info("tempo", { tempo_bpm: e.detail.tempoBpm, effective_beat: e.detail.effectiveBeat });
   });
   let http;
   try {
@@ -256,7 +260,7 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
     });
   }
   await pulse.stop();
-  await http.shutdown();
+  await http.stop();
   await bus.close();
   logger.info("pulse stopped", { pulse_id: pulse.id });
   return 0;

@@ -1,29 +1,24 @@
 import { BackbeatError, type Logger, silentLogger } from "../core/mod.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../service/mod.ts";
 import { renderPulseMetrics } from "./_metrics.ts";
-import { parseTempoRequest, type Pulse } from "./_pulse.ts";
+import type { Pulse } from "./_pulse.ts";
+import { MAX_TEMPO_REQUEST_BYTES, readTempoRequest } from "./_tempo.ts";
 
 /** Default for {@linkcode PulseHttpOptions.hostname}. */
 export const DEFAULT_PULSE_HTTP_HOSTNAME = "127.0.0.1";
 /** Default for {@linkcode PulseHttpOptions.port}. */
 export const DEFAULT_PULSE_HTTP_PORT = 8080;
-/** Largest `POST /tempo` body accepted, in bytes. */
-export const MAX_TEMPO_BODY_BYTES = 4096;
-
-/** Options of {@linkcode pulseHttpHandler}. */
-export interface PulseHttpHandlerOptions {
-  /** When set, `POST /tempo` requires `Authorization: Bearer <token>`. @default {undefined} */
-  adminToken?: string;
-  /** Logger for tempo requests. @default {silentLogger} */
-  logger?: Logger;
-}
 
 /** Options of {@linkcode servePulseHttp}. */
-export interface PulseHttpOptions extends PulseHttpHandlerOptions {
+export interface PulseHttpOptions {
   /** Interface to listen on. @default {"127.0.0.1"} */
   hostname?: string;
   /** Port; 0 picks a free one (see {@linkcode PulseHttpServer.addr}). @default {8080} */
   port?: number;
+  /** When set, `POST /tempo` requires `Authorization: Bearer <token>`. @default {undefined} */
+  adminToken?: string;
+  /** Logger for tempo requests. @default {silentLogger} */
+  logger?: Logger;
 }
 
 /** A running HTTP server of a pulse. */
@@ -34,9 +29,17 @@ export interface PulseHttpServer {
   readonly url: string;
   /** Resolves when the server has shut down. */
   readonly finished: Promise<void>;
-  /** Stops accepting requests and closes the server. Idempotent. */
-  shutdown(): Promise<void>;
-  /** `await using` support. */
+  /**
+   * Stops accepting requests and closes the server. Idempotent.
+   *
+   * @returns Resolves once closed.
+   */
+  stop(): Promise<void>;
+  /**
+   * `await using` support: {@linkcode PulseHttpServer.stop}.
+   *
+   * @returns Resolves once closed.
+   */
   [Symbol.asyncDispose](): Promise<void>;
 }
 
@@ -86,18 +89,17 @@ async function readBody(req: Request, max: number): Promise<string | undefined> 
 }
 
 /**
- * The pulse's HTTP API as a fetch handler: `GET /healthz`, `GET /readyz` (200 when leading or
- * following a live leader, else 503), `GET /metrics` (Prometheus text) and `POST /tempo`
- * (`{"tempo_bpm": n}` → 200 `{tempo_bpm, effective_beat, forwarded}`; 400 on a malformed or
- * out-of-range request; 401 without the admin token when one is set; 503 when not running).
+ * The fetch handler behind {@linkcode servePulseHttp} (its documentation lists the routes), for
+ * tests and for serving it another way.
  *
  * @param pulse The pulse to serve.
- * @param options Admin token, logger.
+ * @param options Admin token, logger (the address is not used).
  * @returns The handler.
  *
  * @example Ask for health without a server
- * ```ts
- * import { Pulse, pulseHttpHandler } from "@chorus/backbeat/pulse";
+ * ```ts ignore
+ * import { Pulse } from "./_pulse.ts";
+ * import { pulseHttpHandler } from "./_http.ts";
  * const pulse = new Pulse({ clusterId: "dev" });
  * const handle = pulseHttpHandler(pulse);
  * const res = await handle(new Request("http://pulse/healthz"));
@@ -107,7 +109,7 @@ async function readBody(req: Request, max: number): Promise<string | undefined> 
  */
 export function pulseHttpHandler(
   pulse: Pulse,
-  options: PulseHttpHandlerOptions = {},
+  options: PulseHttpOptions = {},
 ): (req: Request) => Promise<Response> {
   const logger = options.logger ?? silentLogger;
   const token = options.adminToken;
@@ -155,19 +157,13 @@ export function pulseHttpHandler(
         });
       }
     }
-    const text = await readBody(req, MAX_TEMPO_BODY_BYTES);
+    const text = await readBody(req, MAX_TEMPO_REQUEST_BYTES);
     if (text === undefined) {
-      return json(413, { error: `Request body exceeds ${MAX_TEMPO_BODY_BYTES} bytes` });
+      return json(413, { error: `Request body exceeds ${MAX_TEMPO_REQUEST_BYTES} bytes` });
     }
     let tempo: number;
     try {
-      let body: unknown;
-      try {
-        body = JSON.parse(text);
-      } catch (error) {
-        throw new TypeError(`Invalid tempo request: not JSON (${(error as Error).message})`);
-      }
-      tempo = parseTempoRequest(body);
+      tempo = readTempoRequest(text);
     } catch (error) {
       return json(400, { error: (error as Error).message });
     }
@@ -191,7 +187,11 @@ export function pulseHttpHandler(
 }
 
 /**
- * Serves {@linkcode pulseHttpHandler} with `Deno.serve`.
+ * Serves a pulse's HTTP API with `Deno.serve`: `GET /healthz`, `GET /readyz` (200 when leading
+ * or following a live leader, else 503), `GET /metrics` (Prometheus text) and `POST /tempo`
+ * (`{"tempo_bpm": n}` → 200 `{tempo_bpm, effective_beat, forwarded}`; 400 on a malformed or
+ * out-of-range request; 401 without the admin token when one is set; 413 over 4096 bytes; 503
+ * when not running).
  *
  * @param pulse The pulse to serve.
  * @param options Address, admin token, logger.
@@ -207,6 +207,7 @@ export function pulseHttpHandler(
  * const res = await fetch(`${http.url}/readyz`);
  * console.log(res.status); // 200
  * await res.body?.cancel();
+ * await http.stop();
  * await pulse.stop();
  * ```
  */
@@ -223,12 +224,12 @@ export function servePulseHttp(pulse: Pulse, options: PulseHttpOptions = {}): Pu
     addr,
     url: `http://${host}:${addr.port}`,
     finished: server.finished,
-    shutdown() {
+    stop() {
       closing ??= server.shutdown();
       return closing;
     },
     [Symbol.asyncDispose]() {
-      return this.shutdown();
+      return this.stop();
     },
   };
 }

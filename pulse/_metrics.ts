@@ -1,5 +1,5 @@
 import { logBuckets, PrometheusWriter } from "../service/mod.ts";
-import type { PulseMetrics } from "./_pulse.ts";
+import type { PulseMetrics } from "./_types.ts";
 
 // The exposition shows 1, 2.5 and 5 per decade; the histogram itself keeps ten per decade.
 const EXPORTED_BOUNDS: readonly number[] = logBuckets(-6, 1).filter((b) => {
@@ -14,8 +14,9 @@ const EXPORTED_BOUNDS: readonly number[] = logBuckets(-6, 1).filter((b) => {
  * @returns The exposition text.
  *
  * @example Render metrics
- * ```ts
- * import { Pulse, renderPulseMetrics } from "@chorus/backbeat/pulse";
+ * ```ts ignore
+ * import { Pulse } from "./_pulse.ts";
+ * import { renderPulseMetrics } from "./_metrics.ts";
  * const pulse = new Pulse({ clusterId: "dev" });
  * console.log(renderPulseMetrics(pulse.metrics()).includes("backbeat_pulse_leader 0")); // true
  * await pulse.stop();

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parsePulseArgs, type PulseConfig, runPulse } from "./mod.ts";
+import { parsePulseArgs, type PulseConfig, runPulse } from "./_cli.ts";
 
 function config(args: string[], env: Record<string, string> = {}): PulseConfig {
   const cmd = parsePulseArgs(args, env);
@@ -56,6 +56,14 @@ Deno.test("parsePulseArgs() has working defaults and --help", () => {
   assert.equal(config(["--phases", "plan,review"]).beatsPerBar, 2);
   assert.equal(config(["--http", ":0"]).http.port, 0);
   assert.deepEqual(config(["--http", "[::1]:80"]).http, { hostname: "::1", port: 80 });
+});
+
+Deno.test("parsePulseArgs() skips one leading -- (as `deno task pulse -- --help` passes it)", () => {
+  assert.deepEqual(parsePulseArgs(["--", "--help"]), { help: true });
+  assert.equal(config(["--", "--tempo", "120"]).tempoBpm, 120);
+  assert.equal(config(["--"]).clusterId, "chorus-dev");
+  // A `--` further on still ends the flags: what follows is a stray argument.
+  assert.throws(() => parsePulseArgs(["--tempo", "120", "--", "x"]), /Unexpected argument "x"/);
 });
 
 Deno.test("parsePulseArgs() rejects bad input with messages naming the flag or variable", () => {

@@ -13,7 +13,7 @@ function setup(adminToken?: string) {
     http,
     async done() {
       await pulse.stop();
-      await http.shutdown();
+      await http.stop();
       await bus.close();
     },
   };

