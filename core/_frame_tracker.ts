@@ -348,7 +348,9 @@ export class FrameTracker {
       epoch: frame.epoch ?? 0,
     });
     const next = this.announcedTempoBpm;
-    if (next !== undefined) t = t.withTempo(next, Math.max(beat, frame.beat_index));
+    // The change lands on the first downbeat after the frame that announced it, wherever the
+    // timeline is anchored.
+    if (next !== undefined) t = t.withTempo(next, frame.beat_index);
     return t;
   }
 }

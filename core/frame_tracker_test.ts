@@ -149,3 +149,13 @@ Deno.test("FrameTracker: phases seen before the bar is located are learned on th
   assert.equal(t.isDownbeat(10), true);
   assert.equal(t.deadlineAt(8), source.deadlineAt(8));
 });
+
+Deno.test("FrameTracker: a continuation anchored on the downbeat of an announced change starts at the new tempo", async () => {
+  const source = new Timeline({ originTime: 0, tempoBpm: 60 }).withTempo(120, 3);
+  const tracker = new FrameTracker();
+  tracker.observe(await source.frame("dev", 0, HLC), 0);
+  tracker.observe(await source.frame("dev", 3, HLC), 3_000);
+  const t = tracker.timeline({ beat: 4, at: 10_000 })!;
+  assert.equal(t.tempoAt(4), 120);
+  assert.equal(t.dueAt(5), 10_500);
+});
