@@ -7,6 +7,22 @@ import { DEFAULT_BEATS_PER_BAR, defaultPhases, parseInstant, Timeline } from "./
 
 /** Most beats in a bar the contract allows. */
 const MAX_BEATS_PER_BAR = 64;
+/** Consecutive agreeing frames that move a tracker off a timeline that cannot explain them. */
+const REALIGN_RUN = 3;
+
+// Whether frame b follows frame a on one timeline: the next few beats, the same epoch and tempo,
+// arriving about when that tempo says.
+function agrees(
+  a: { frame: BeatFrame; arrival: number },
+  b: BeatFrame,
+  arrival: number,
+): boolean {
+  const steps = b.beat_index - a.frame.beat_index;
+  if (steps < 1 || steps > 4) return false;
+  if ((a.frame.epoch ?? 0) !== (b.epoch ?? 0) || a.frame.tempo_bpm !== b.tempo_bpm) return false;
+  const period = 60_000 / b.tempo_bpm;
+  return Math.abs(arrival - a.arrival - steps * period) <= Math.max(25, period / 4);
+}
 
 /** How a frame changed what the tracker knows. */
 export const FrameStatus = {
@@ -15,12 +31,19 @@ export const FrameStatus = {
   /** At or below the latest beat seen (a duplicate, or a deposed pulse's frame): not tracked. */
   Stale: "stale",
   /**
-   * A run of consecutive beats below the latest, two bars long: the cluster's timeline was
-   * restarted. The tracker forgot the old one and follows the new one from this frame.
+   * The tracker forgot the timeline it followed and follows this frame's: a newer epoch (verified
+   * or confirmed), a run of frames that agree against it, or, for v1.0 pulses without epochs, two
+   * bars of consecutive beats below the latest.
    */
   Restart: "restart",
   /** A `deadline_at` no clock can read (the schema admits leap seconds): not tracked. */
   Unreadable: "unreadable",
+  /** An index or tempo the tracked timeline cannot explain (a forged jump): not followed. */
+  Implausible: "implausible",
+  /** A frame of an older timeline epoch (a deposed pulse of a timeline since replaced). */
+  OldEpoch: "old_epoch",
+  /** The first unverified frame of a newer epoch: followed once a second frame agrees. */
+  Pending: "pending",
 } as const;
 /** One of {@linkcode FrameStatus}'s values. */
 export type FrameStatus = typeof FrameStatus[keyof typeof FrameStatus];
@@ -47,6 +70,12 @@ export type TimelineAnchor = "arrival" | "deadline" | {
   readonly beat: number;
   readonly at: number;
 };
+
+/** Options of {@linkcode FrameTracker.observe}. */
+export interface ObserveOptions {
+  /** The frame's signature was verified against a trusted pulse key. @default {false} */
+  verified?: boolean;
+}
 
 /** Options of {@linkcode FrameTracker}. */
 export interface FrameTrackerOptions {
@@ -96,6 +125,9 @@ export class FrameTracker {
   #lowRun: { last: number; count: number } | undefined;
   #restarts = 0;
   #stale = 0;
+  #implausible = 0;
+  #oldEpoch = 0;
+  #candidates: { frame: BeatFrame; arrival: number }[] = [];
 
   /**
    * Creates a tracker that has seen nothing.
@@ -156,7 +188,22 @@ export class FrameTracker {
     return this.#stale;
   }
 
-  /** Timeline restarts followed so far. */
+  /** Frames refused as implausible so far. */
+  get implausibleFrames(): number {
+    return this.#implausible;
+  }
+
+  /** Frames refused for an older epoch so far. */
+  get oldEpochFrames(): number {
+    return this.#oldEpoch;
+  }
+
+  /** The epoch of the timeline followed (0 before any frame, or for v1.0 pulses). */
+  get epoch(): number {
+    return this.#last?.frame.epoch ?? 0;
+  }
+
+  /** Timeline restarts followed so far (new epochs, legacy restarts, realignments). */
   get restarts(): number {
     return this.#restarts;
   }
@@ -173,34 +220,71 @@ export class FrameTracker {
   }
 
   /**
-   * Takes a frame into account.
+   * Takes a frame into account. Frames are untrusted: one that the tracked timeline cannot
+   * explain (an index far from the beat due now, a tempo nobody announced) is `implausible` and not
+   * followed, unless it is `verified` (signed by a trusted pulse key) or a short run of frames
+   * agrees on it (a client that locked onto a bad first frame recovers). A frame of an older
+   * epoch is refused; a newer epoch is followed once verified, or once two of its frames agree.
    *
    * @param frame A frame from the gate.
    * @param arrival When it arrived, on the observer's clock (epoch ms).
+   * @param options Whether the frame's signature was verified.
    * @returns How it was taken.
    */
-  observe(frame: BeatFrame, arrival: number): FrameObservation {
+  observe(frame: BeatFrame, arrival: number, options: ObserveOptions = {}): FrameObservation {
     const deadline = parseInstant(frame.deadline_at);
-    if (!Number.isFinite(deadline)) return { status: "unreadable", barChanged: false, position: 0 };
+    if (!Number.isFinite(deadline)) return this.#refuse("unreadable");
+    const verified = options.verified ?? false;
     const beat = frame.beat_index;
+    const epoch = frame.epoch ?? 0;
+    const last = this.#last;
     let status: FrameStatus = "new";
-    if (this.#last !== undefined && beat <= this.#last.frame.beat_index) {
-      // A deposed pulse sends at most a beat or so of old frames. Two bars of consecutive beats
-      // below the highest seen mean the cluster's timeline was restarted: follow the new one.
-      const run = this.#lowRun;
-      this.#lowRun = run !== undefined && beat === run.last + 1
-        ? { last: beat, count: run.count + 1 }
-        : { last: beat, count: 1 };
-      const bpb = frame.beats_per_bar ?? this.#beatsPerBar;
-      if (this.#lowRun.count < 2 * bpb) {
-        this.#stale++;
-        return { status: "stale", barChanged: false, position: 0 };
+    if (last !== undefined) {
+      const lastEpoch = last.frame.epoch ?? 0;
+      if (epoch < lastEpoch) return this.#refuse("old_epoch");
+      if (epoch > lastEpoch) {
+        // A new timeline: follow it once a pulse key vouches for it, or once a second frame of it
+        // agrees with the first (within one beat), so one forged frame cannot restart anyone.
+        if (!verified && !this.#confirmedBy(frame, arrival, 2)) return this.#refuse("pending");
+        this.#restarts++;
+        this.#forget();
+        status = "restart";
+      } else if (
+        beat <= last.frame.beat_index && last.frame.beat_index - beat > 2 * this.#beatsPerBar + 2
+      ) {
+        // Far below the latest: either a forged low frame, or the latest was a forged high one.
+        // Only a run of agreeing frames (or a verified one) moves the tracker.
+        if (!verified && !this.#confirmedBy(frame, arrival, REALIGN_RUN)) {
+          return this.#refuse("implausible");
+        }
+        this.#restarts++;
+        this.#forget();
+        status = "restart";
+      } else if (beat <= last.frame.beat_index) {
+        // A deposed pulse sends at most a beat or so of old frames. For timelines without epochs
+        // (v1.0 pulses), two bars of consecutive beats below the highest seen mean the timeline
+        // was restarted: follow the new one.
+        const run = this.#lowRun;
+        this.#lowRun = run !== undefined && beat === run.last + 1
+          ? { last: beat, count: run.count + 1 }
+          : { last: beat, count: 1 };
+        const bpb = frame.beats_per_bar ?? this.#beatsPerBar;
+        if (epoch !== 0 || this.#lowRun.count < 2 * bpb) {
+          this.#stale++;
+          return { status: "stale", barChanged: false, position: 0 };
+        }
+        this.#restarts++;
+        this.#forget();
+        status = "restart";
+      } else if (!verified && !this.#explains(frame, arrival)) {
+        if (!this.#confirmedBy(frame, arrival, REALIGN_RUN)) return this.#refuse("implausible");
+        this.#restarts++;
+        this.#forget();
+        status = "restart";
       }
-      this.#restarts++;
-      this.#forget();
-      status = "restart";
     }
     this.#lowRun = undefined;
+    this.#candidates = [];
     const barChanged = this.#learnGrid(frame);
     const pos = this.positionInBar(beat);
     this.#learnPhase(pos, frame.phase);
@@ -211,6 +295,36 @@ export class FrameTracker {
     this.#last = { frame, arrival, due };
     this.#refreshDeadlineTimeline(frame, due, barChanged);
     return { status, barChanged: barChanged && status === "new", position: pos };
+  }
+
+  #refuse(status: "unreadable" | "old_epoch" | "pending" | "implausible"): FrameObservation {
+    if (status === "implausible") this.#implausible++;
+    else if (status === "old_epoch") this.#oldEpoch++;
+    return { status, barChanged: false, position: 0 };
+  }
+
+  // Whether the tracked timeline explains a later frame: its index is about the beat due at its
+  // arrival, and its tempo is the one in force or announced.
+  #explains(frame: BeatFrame, arrival: number): boolean {
+    const t = this.timeline("arrival")!;
+    const beat = frame.beat_index;
+    if (t.tempoAt(beat) !== frame.tempo_bpm) return false;
+    const period = t.periodAt(beat);
+    // Delivery jitter is a few ms on a LAN, more on a loaded host: allow 250 ms of it, and two
+    // beats for pulses whose clocks disagree a little.
+    const slack = 2 + Math.ceil(250 / period);
+    return Math.abs(beat - t.beatAt(arrival)) <= slack;
+  }
+
+  // Keeps a short run of frames the timeline could not explain; true when the last `need` of them
+  // agree with each other (consecutive, spaced by their tempo, one epoch).
+  #confirmedBy(frame: BeatFrame, arrival: number, need: number): boolean {
+    const run = this.#candidates;
+    const prev = run.at(-1);
+    if (prev !== undefined && !agrees(prev, frame, arrival)) run.length = 0;
+    run.push({ frame, arrival });
+    if (run.length > need) run.splice(0, run.length - need);
+    return run.length >= need;
   }
 
   /**
@@ -264,6 +378,7 @@ export class FrameTracker {
   }
 
   #forget(): void {
+    this.#candidates = [];
     this.#last = undefined;
     this.#lastDownbeat = undefined;
     this.#previousDownbeat = undefined;

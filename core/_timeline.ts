@@ -545,8 +545,15 @@ export class Timeline {
       beats_per_bar: this.beatsPerBar,
     };
     if (this.epoch > 0) frame.epoch = this.epoch;
+    // The contract's next_tempo_bpm takes effect at the next downbeat: announce only a change
+    // that lands there, never one further out.
     const next = this.pendingChange(beat);
-    if (next && next.tempoBpm !== frame.tempo_bpm) frame.next_tempo_bpm = next.tempoBpm;
+    if (
+      next && next.tempoBpm !== frame.tempo_bpm &&
+      next.beat === this.barStart(beat) + this.beatsPerBar
+    ) {
+      frame.next_tempo_bpm = next.tempoBpm;
+    }
     return frame;
   }
 }

@@ -37,7 +37,13 @@ Deno.test("FrameTracker: the deadline timeline keeps its identity while frames a
   for (const f of fs.slice(1)) tracker.observe(f, f.beat_index * 1000 + 1);
   assert.equal(tracker.timeline("deadline"), first);
   const faster = source.withTempo(120, 3);
-  tracker.observe(await faster.frame("dev", 4, HLC), faster.dueAt(4));
+  // Unannounced, so only a verified frame changes it.
+  assert.equal(
+    tracker.observe(await faster.frame("dev", 4, HLC), faster.dueAt(4)).status,
+    "implausible",
+  );
+  assert.equal(tracker.timeline("deadline"), first);
+  tracker.observe(await faster.frame("dev", 4, HLC), faster.dueAt(4), { verified: true });
   assert.notEqual(tracker.timeline("deadline"), first);
   assert.equal(tracker.timeline("deadline")!.tempoAt(5), 120);
 });
@@ -58,20 +64,29 @@ Deno.test("FrameTracker: an announced tempo change lands on the next downbeat of
   }
 });
 
-Deno.test("FrameTracker: stale frames are refused and counted; two bars of a lower run follow a restart", async () => {
+Deno.test("FrameTracker: stale frames are refused and counted; a restarted v1.0 timeline is followed after three agreeing beats", async () => {
   const source = new Timeline({ originTime: 0, tempoBpm: 600, beatsPerBar: 4 });
   const tracker = new FrameTracker();
   for (const f of await frames(source, 100, 103)) tracker.observe(f, source.dueAt(f.beat_index));
   assert.equal(tracker.observe(await source.frame("dev", 102, HLC), 1).status, "stale");
   assert.equal(tracker.last?.frame.beat_index, 103);
   const restarted = new Timeline({ originTime: 50_000, tempoBpm: 600, beatsPerBar: 4 });
+  const run = await frames(restarted, 0, 3);
+  const statuses = run.map((f) => tracker.observe(f, restarted.dueAt(f.beat_index)).status);
+  assert.deepEqual(statuses, ["implausible", "implausible", "restart", "new"]);
+  assert.equal(tracker.restarts, 1);
+  assert.equal(tracker.last?.frame.beat_index, 3);
+  assert.equal(tracker.staleFrames, 1);
+});
+
+Deno.test("FrameTracker: a v1.0 timeline restarted just below the latest beat is followed after two bars", async () => {
+  const source = new Timeline({ originTime: 0, tempoBpm: 600, beatsPerBar: 4 });
+  const tracker = new FrameTracker();
+  for (const f of await frames(source, 0, 9)) tracker.observe(f, source.dueAt(f.beat_index));
+  const restarted = new Timeline({ originTime: 50_000, tempoBpm: 600, beatsPerBar: 4 });
   const run = await frames(restarted, 0, 7);
   const statuses = run.map((f) => tracker.observe(f, restarted.dueAt(f.beat_index)).status);
   assert.deepEqual(statuses, [...Array(7).fill("stale"), "restart"]);
-  assert.equal(tracker.restarts, 1);
-  assert.equal(tracker.last?.frame.beat_index, 7);
-  assert.equal(tracker.observe(await restarted.frame("dev", 8, HLC), 50_800).status, "new");
-  assert.equal(tracker.staleFrames, 8);
 });
 
 Deno.test("FrameTracker: v1.0 frames without beats_per_bar learn the bar from two downbeats", async () => {
@@ -158,4 +173,70 @@ Deno.test("FrameTracker: a continuation anchored on the downbeat of an announced
   const t = tracker.timeline({ beat: 4, at: 10_000 })!;
   assert.equal(t.tempoAt(4), 120);
   assert.equal(t.dueAt(5), 10_500);
+});
+
+async function track(t: Timeline, from: number, to: number, delay = 2): Promise<FrameTracker> {
+  const tracker = new FrameTracker();
+  for (const f of await frames(t, from, to)) tracker.observe(f, t.dueAt(f.beat_index) + delay);
+  return tracker;
+}
+
+Deno.test("FrameTracker: a forged jump far beyond elapsed time is implausible and not followed", async () => {
+  const source = new Timeline({ originTime: 0, tempoBpm: 120 });
+  const tracker = await track(source, 0, 7);
+  const at = source.dueAt(8) + 2;
+  for (const beat of [1e12, Number.MAX_SAFE_INTEGER, 8 + 20]) {
+    const forged = { ...await source.frame("dev", 8, HLC), beat_index: beat };
+    assert.equal(tracker.observe(forged, at).status, "implausible");
+  }
+  const fast = { ...await source.frame("dev", 8, HLC), tempo_bpm: 6_000 };
+  assert.equal(tracker.observe(fast, at).status, "implausible");
+  assert.equal(tracker.implausibleFrames, 4);
+  assert.equal(tracker.observe(await source.frame("dev", 8, HLC), at).status, "new");
+  assert.equal(tracker.last?.frame.beat_index, 8);
+});
+
+Deno.test("FrameTracker: beats missed during a takeover are explained by elapsed time", async () => {
+  const source = new Timeline({ originTime: 0, tempoBpm: 120 });
+  const tracker = await track(source, 0, 7);
+  assert.equal(
+    tracker.observe(await source.frame("dev", 11, HLC), source.dueAt(11) + 40).status,
+    "new",
+  );
+});
+
+Deno.test("FrameTracker: three agreeing frames move a tracker that locked onto a forged first frame", async () => {
+  const source = new Timeline({ originTime: 0, tempoBpm: 120 });
+  const tracker = new FrameTracker();
+  tracker.observe({ ...await source.frame("dev", 0, HLC), beat_index: 1e15 }, 0);
+  const statuses = [];
+  for (let i = 1; i <= 3; i++) {
+    statuses.push(tracker.observe(await source.frame("dev", i, HLC), source.dueAt(i)).status);
+  }
+  assert.deepEqual(statuses, ["implausible", "implausible", "restart"]);
+  assert.equal(tracker.last?.frame.beat_index, 3);
+});
+
+Deno.test("FrameTracker: a newer epoch is followed once two of its frames agree, or at once when verified; older epochs are refused", async () => {
+  const old = new Timeline({ originTime: 0, tempoBpm: 120, epoch: 5 });
+  const fresh = new Timeline({ originTime: 10_000, tempoBpm: 120, epoch: 9 });
+  const tracker = await track(old, 0, 20);
+  assert.equal(tracker.epoch, 5);
+  assert.equal(tracker.observe(await fresh.frame("dev", 0, HLC), 10_002).status, "pending");
+  assert.equal(tracker.epoch, 5);
+  assert.equal(tracker.observe(await fresh.frame("dev", 1, HLC), 10_502).status, "restart");
+  assert.equal(tracker.epoch, 9);
+  assert.equal(tracker.last?.frame.beat_index, 1);
+  assert.equal(tracker.observe(await old.frame("dev", 21, HLC), 10_600).status, "old_epoch");
+  assert.equal(tracker.oldEpochFrames, 1);
+  const newer = new Timeline({ originTime: 20_000, tempoBpm: 120, epoch: 11 });
+  assert.equal(
+    tracker.observe(await newer.frame("dev", 0, HLC), 20_001, { verified: true }).status,
+    "restart",
+  );
+  // A lone forged frame of a newer epoch restarts nobody.
+  const forged = { ...await newer.frame("dev", 5, HLC), epoch: 99 };
+  assert.equal(tracker.observe(forged, 22_501).status, "pending");
+  assert.equal(tracker.observe(await newer.frame("dev", 5, HLC), 22_501).status, "new");
+  assert.equal(tracker.epoch, 11);
 });
