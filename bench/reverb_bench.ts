@@ -20,7 +20,7 @@ import {
 } from "../core/mod.ts";
 import { connectNatsBus } from "../nats/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { DEFAULT_VERIFY_WORKERS, Reverb } from "../reverb/mod.ts";
+import { renderReverbMetrics, Reverb } from "../reverb/mod.ts";
 import { startNatsServer } from "../tests/nats_server.ts";
 
 const CLUSTER = "bench";
@@ -31,10 +31,10 @@ const HEADING = "## reverb";
 const SUBJECT = `backbeat.${CLUSTER}.status`;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-// Verification workers of the measured reverb (default: reverb's own default).
+// Verification workers of the measured reverb (undefined: reverb's own default).
 const WORKERS = Deno.args.includes("--workers")
   ? Number(Deno.args[Deno.args.indexOf("--workers") + 1])
-  : DEFAULT_VERIFY_WORKERS;
+  : undefined;
 
 function flag(name: string, fallback: string): string {
   const i = Deno.args.indexOf(`--${name}`);
@@ -222,6 +222,7 @@ interface ReverbRun extends Run {
   skipped: number;
   verifyMeanUs: number;
   offloaded: number;
+  workers: number;
 }
 
 async function reverbRun(
@@ -257,7 +258,7 @@ async function reverbRun(
   // Keep the load window's reports: wait one more bar so a window closing under load is counted.
   await new Promise((r) => setTimeout(r, 4 * BEAT_MS + BEAT_MS));
   const s = reverb.status();
-  const metrics = reverb.metricsText();
+  const metrics = renderReverbMetrics(reverb.metrics());
   const sum = Number(/^backbeat_reverb_verify_seconds_sum (.+)$/m.exec(metrics)?.[1] ?? 0);
   const cnt = Number(/^backbeat_reverb_verify_seconds_count (.+)$/m.exec(metrics)?.[1] ?? 0);
   const skipped = Number(/^backbeat_reverb_bars_skipped_total (.+)$/m.exec(metrics)?.[1] ?? 0);
@@ -274,6 +275,7 @@ async function reverbRun(
     skipped,
     verifyMeanUs: cnt ? (sum / cnt) * 1e6 : 0,
     offloaded: Number(/^backbeat_reverb_verify_offloaded_total (.+)$/m.exec(metrics)?.[1] ?? 0),
+    workers: reverb.verifyWorkers,
   };
 }
 
@@ -453,7 +455,7 @@ claims/s (${verdict(revS.rate >= 30_000)}), report lag ≤ 1 beat = ${BEAT_MS} m
 largest over the run (it includes the windows that closed while the burst was being processed).
 Signatures: ${revS.offloaded.toLocaleString("en-US")} of ${
       nSigned.toLocaleString("en-US")
-    } were verified in reverb's verification workers (${WORKERS} here, one less than the CPUs by default),
+    } were verified in reverb's verification workers (${revS.workers} here, one less than the CPUs by default),
 the rest from reverb's own thread when the worker had a backlog. For scale, WebCrypto verification
 alone from one thread (2,048 in flight, nothing else to do) ran at ${k(ceiling)}/s in this run: that
 is already this machine's verification ceiling, not one core's, because Deno 2.9 runs each

@@ -11,7 +11,7 @@ import {
   InMemoryBus,
 } from "../mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { Keyring, Reverb } from "../reverb/mod.ts";
+import { Keyring, Reverb, serveReverbHttp } from "../reverb/mod.ts";
 
 const CLUSTER = "demo";
 const TEMPO = Number(Deno.env.get("BACKBEAT_TEMPO") ?? 30);
@@ -35,9 +35,9 @@ const reverb = new Reverb({
   bus,
   keyring,
   requireSignatures: true,
-  http: { hostname: "127.0.0.1", port: PORT },
 });
 await reverb.start();
+const dashboard = serveReverbHttp(reverb, { hostname: "127.0.0.1", port: PORT });
 await pulse.start();
 
 const clients = names.map((agentId, i) => {
@@ -88,10 +88,10 @@ await Promise.all(clients.map((c) => c.start()));
 console.log(
   `BACKBEAT demo: cluster "${CLUSTER}" at ${TEMPO} BPM on ${
     natsUrl ? `NATS ${natsUrl}` : "the embedded bus"
-  }, ${names.length} agents. Dashboard: http://127.0.0.1:${PORT}/  (Ctrl-C stops)`,
+  }, ${names.length} agents. Dashboard: ${dashboard.url}/  (Ctrl-C stops)`,
 );
 reverb.addEventListener("report", (e) => {
-  const r = (e as CustomEvent).detail;
+  const r = e.detail;
   console.log(
     `bar ${r.from_beat}-${r.to_beat}: ${r.agents_reporting} agents, ${r.on_time_reviews} on-time reviews, ` +
       `${r.issues.length} issues, drift ${r.tempo_drift_ms.toFixed(2)} ms`,
@@ -105,6 +105,7 @@ if (limit > 0) setTimeout(() => stopped.resolve(), limit * 1000);
 await stopped.promise;
 await Promise.all(clients.map((c) => c.stop()));
 await pulse.stop();
+await dashboard.shutdown();
 await reverb.stop();
 await bus.close();
 Deno.exit(0);

@@ -1,26 +1,31 @@
-// Aggregation: follows the beat subject through the shared Timeline (windows, phases, deadlines),
-// attributes accepted claims to windows, and closes each window `grace` after its end into a
-// BarReport. State is bounded: a few open windows, at most `maxAgents` agent records, agents
-// silent for `evictAfterBars` bars are evicted.
+// Aggregation: follows the beat subject through the core FrameTracker (windows, phases,
+// deadlines), attributes accepted claims to windows, and closes each window `grace` after its end
+// into a BarReport (built by buildBarReport). State is bounded: a few open windows, at most
+// `maxAgents` agent records, agents silent for `evictAfterBars` bars are evicted.
 
 import {
   type BarReport,
-  type BarReportIssue,
   type BeatFrame,
+  cachedWindowId,
   type ClaimState,
   type Clock,
-  DEFAULT_BEATS_PER_BAR,
   DEFAULT_TEMPO_BPM,
-  defaultPhases,
-  type IssueKind,
-  parseInstant,
+  FrameTracker,
+  knownWindowId,
   type Phase,
   type StatusClaim,
-  Timeline,
-  windowId,
+  type Timeline,
 } from "../core/mod.ts";
 import type { KeyEntry } from "./_keyring.ts";
 import type { RejectReason } from "./_intake.ts";
+import {
+  AgentMark,
+  type BarReportInput,
+  buildBarReport,
+  newWindowTally,
+  type SilentAgent,
+  type WindowTally,
+} from "./_report.ts";
 
 /** Default for {@linkcode BarAggregatorOptions.maxAgents}. */
 export const DEFAULT_MAX_AGENTS = 10_000;
@@ -126,13 +131,6 @@ export interface BarAggregatorOptions {
   onEvict?: (agentId: string) => void;
 }
 
-const REPORTED = 1;
-const ON_TIME = 2;
-const LATE = 4;
-const FAILED = 8;
-const BLOCKED = 16;
-const HELPED = 32;
-
 interface AgentRecord {
   claim: StatusClaim;
   lastSeen: number;
@@ -140,31 +138,6 @@ interface AgentRecord {
   keyId: string | undefined;
   helping: boolean;
   silentBars: number;
-}
-
-interface RejectTally {
-  count: number;
-  agents: string[];
-}
-
-interface Window {
-  bar: number;
-  // Derived when the window opens, so the report does not wait on a digest at close.
-  id: string | undefined;
-  agents: Map<string, number>;
-  // Problem details, only for agents that have one.
-  notes: Map<string, string>;
-  keys: Set<KeyEntry>;
-  badKeys: Map<string, KeyEntry>;
-  rejected: Map<RejectReason, RejectTally>;
-  driftSum: number;
-  beats: number;
-}
-
-const MAX_DETAIL = 512;
-
-function clip(text: string, max = MAX_DETAIL): string {
-  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
 }
 
 function round3(x: number): number {
@@ -176,9 +149,9 @@ function round3(x: number): number {
  * claims; it calls `onReport` once per window, `grace` after the window ends.
  *
  * @example Aggregate one bar on a manual clock
- * ```ts
- * import { HybridLogicalClock, ManualClock, Timeline } from "@chorus/backbeat/sdk";
- * import { BarAggregator } from "@chorus/backbeat/reverb";
+ * ```ts ignore
+ * import { HybridLogicalClock, ManualClock, Timeline } from "../core/mod.ts";
+ * import { BarAggregator } from "./_aggregate.ts";
  * const clock = new ManualClock(0);
  * const agg = new BarAggregator({
  *   clusterId: "dev",
@@ -203,19 +176,18 @@ export class BarAggregator {
   readonly #maxAgents: number;
   readonly #evictAfter: number;
   readonly #maxIssues: number;
+  readonly #tracker = new FrameTracker();
+  // The timeline the close timer is armed on: the tracker keeps the same object while frames
+  // agree with it, so a new object means "rearm".
   #timeline: Timeline | undefined;
-  #phases: Phase[] = defaultPhases(DEFAULT_BEATS_PER_BAR);
   #lastBeat: BeatObservation | undefined;
   #nextBar: number | undefined;
-  #windows = new Map<number, Window>();
+  #windows = new Map<number, WindowTally>();
   #agents = new Map<string, AgentRecord>();
   #cancel: (() => void) | undefined;
   #chain: Promise<void> = Promise.resolve();
   #stopped = false;
   #effBeat = 0;
-  #staleFrames = 0;
-  #lowRun: { last: number; count: number } | undefined;
-  #restarts = 0;
   #skippedBars = 0;
   #evicted = 0;
 
@@ -279,12 +251,12 @@ export class BarAggregator {
 
   /** Frames ignored because their beat_index was not above the highest seen. */
   get staleFrames(): number {
-    return this.#staleFrames;
+    return this.#tracker.staleFrames;
   }
 
   /** Times the cluster's timeline was seen to restart (beat_index going back for two bars). */
   get timelineRestarts(): number {
-    return this.#restarts;
+    return this.#tracker.restarts;
   }
 
   /** Windows skipped after a stall longer than {@linkcode MAX_CATCHUP_BARS} bars. */
@@ -323,8 +295,9 @@ export class BarAggregator {
   }
 
   /**
-   * Takes a beat frame into account. Frames of another cluster, and frames whose beat_index is
-   * not above the highest seen (a deposed pulse leader's), are ignored.
+   * Takes a beat frame into account. Frames of another cluster, frames whose beat_index is not
+   * above the highest seen (a deposed pulse leader's) and frames whose `deadline_at` cannot be
+   * read are ignored; two bars of lower beats in a row are a restarted timeline, followed.
    *
    * @param frame A valid beat frame.
    * @param arrival Epoch ms at which it arrived.
@@ -332,96 +305,38 @@ export class BarAggregator {
    */
   observeBeat(frame: BeatFrame, arrival: number): BeatObservation | undefined {
     if (this.#stopped || frame.cluster_id !== this.#clusterId) return undefined;
-    // The schema's date-time admits instants Date.parse cannot read (a leap second): such a
-    // frame would make the drift NaN and the window's report invalid, so it is ignored.
-    if (!Number.isFinite(parseInstant(frame.deadline_at))) return undefined;
+    // Only frames the tracker follows count. Among the others: an unreadable deadline_at (a leap
+    // second passes the schema) would make the drift NaN and the window's report invalid.
+    const seen = this.#tracker.observe(frame, arrival);
+    if (seen.status !== "new" && seen.status !== "restart") return undefined;
     const beat = frame.beat_index;
-    if (this.#lastBeat !== undefined && beat <= this.#lastBeat.beat_index) {
-      this.#staleFrames++;
-      // A deposed pulse sends at most a beat or so of old frames. Two bars of consecutive beats
-      // below the highest seen mean the cluster's timeline was restarted: follow the new one.
-      const run = this.#lowRun;
-      this.#lowRun = run !== undefined && beat === run.last + 1
-        ? { last: beat, count: run.count + 1 }
-        : { last: beat, count: 1 };
-      const bpb = frame.beats_per_bar ?? this.#timeline?.beatsPerBar ?? DEFAULT_BEATS_PER_BAR;
-      if (this.#lowRun.count < 2 * bpb) return undefined;
-      this.#restarts++;
-      this.#lowRun = undefined;
-      this.#lastBeat = undefined;
-      this.#timeline = undefined;
+    if (seen.status === "restart") {
+      // The old timeline's windows no longer mean anything.
       this.#windows.clear();
       this.#nextBar = undefined;
-      this.#cancel?.();
-      this.#cancel = undefined;
-    }
-    this.#lowRun = undefined;
-    const tempo = frame.tempo_bpm;
-    const period = 60_000 / tempo;
-    let t = this.#timeline;
-    const bpb = frame.beats_per_bar ?? t?.beatsPerBar ?? DEFAULT_BEATS_PER_BAR;
-    let rebuild = t === undefined;
-    let barOrigin = t?.barOrigin ?? (frame.downbeat ? beat : 0);
-    let realigned = false;
-    if (t !== undefined && t.beatsPerBar !== bpb) {
-      // The bar shape changed (pulse reconfigured): open windows no longer match it.
-      rebuild = true;
-      realigned = true;
-      this.#phases = defaultPhases(bpb);
-    }
-    if (frame.downbeat && this.#position(beat, bpb, barOrigin) !== 0) {
-      barOrigin = beat;
-      rebuild = true;
-      realigned = t !== undefined;
-    }
-    const pos = this.#position(beat, bpb, barOrigin);
-    if (this.#phases.length !== bpb) this.#phases = defaultPhases(bpb);
-    if (this.#phases[pos] !== frame.phase) {
-      this.#phases = [...this.#phases];
-      this.#phases[pos] = frame.phase;
-      rebuild = true;
-    }
-    // The announced schedule: deadline_at ends this beat's phase; step back over the phase's
-    // remaining beats. pulse writes deadline_at to the microsecond, so this is exact.
-    let k = pos + 1;
-    while (k < bpb && this.#phases[k] === this.#phases[pos]) k++;
-    const due = parseInstant(frame.deadline_at) - (k - pos) * period;
-    if (
-      t === undefined || rebuild || t.tempoAt(beat) !== tempo ||
-      Math.abs(t.dueAt(beat) - due) > Math.max(2, period * 0.02)
-    ) {
-      t = new Timeline({
-        originTime: due,
-        originBeat: beat,
-        tempoBpm: tempo,
-        beatsPerBar: bpb,
-        phases: this.#phases,
-        barOrigin,
-      });
-      rebuild = true;
-    }
-    const next = frame.next_tempo_bpm;
-    if (next !== undefined && next !== tempo && t.pendingChange(beat)?.tempoBpm !== next) {
-      t = t.withTempo(next, beat);
-      rebuild = true;
-    }
-    this.#timeline = t;
-    if (realigned) {
-      // The bar grid moved: start over at the next downbeat seen.
+      this.#lastBeat = undefined;
+    } else if (seen.barChanged) {
+      // The bar grid moved (pulse reconfigured): start over at the next downbeat seen.
       this.#windows.clear();
       this.#nextBar = frame.downbeat ? beat : undefined;
     }
+    const previous = this.#timeline;
+    const t = this.#tracker.timeline("deadline")!;
+    this.#timeline = t;
+    let rearm = t !== previous;
     if (this.#nextBar === undefined && frame.downbeat) {
       this.#nextBar = beat;
-      rebuild = true;
+      rearm = true;
     }
+    const due = this.#tracker.last!.due;
+    const pos = seen.position;
     const obs: BeatObservation = {
       beat_index: beat,
       phase: frame.phase,
       downbeat: frame.downbeat,
-      tempo_bpm: tempo,
-      next_tempo_bpm: next,
-      beats_per_bar: bpb,
+      tempo_bpm: frame.tempo_bpm,
+      next_tempo_bpm: frame.next_tempo_bpm,
+      beats_per_bar: this.#tracker.beatsPerBar,
       position: pos,
       window_id: frame.window_id,
       deadline_at: frame.deadline_at,
@@ -434,13 +349,8 @@ export class BarAggregator {
       win.driftSum += arrival - due;
       win.beats++;
     }
-    if (rebuild) this.#arm();
+    if (rearm) this.#arm();
     return obs;
-  }
-
-  #position(beat: number, bpb: number, origin: number): number {
-    const m = (beat - origin) % bpb;
-    return m < 0 ? m + bpb : m;
   }
 
   /**
@@ -488,14 +398,14 @@ export class BarAggregator {
       else if (state === "completed") rec.helping = false;
       return;
     }
-    let flags = (win.agents.get(id) ?? 0) | REPORTED;
+    let flags = (win.agents.get(id) ?? 0) | AgentMark.Reported;
     switch (state) {
       case "helping":
         rec.helping = true;
         break;
       case "failed":
       case "blocked":
-        flags |= state === "failed" ? FAILED : BLOCKED;
+        flags |= state === "failed" ? AgentMark.Failed : AgentMark.Blocked;
         win.notes.set(
           id,
           `reported ${state} on task ${claim.task_id} at beat ${claim.beat_index}${
@@ -505,7 +415,7 @@ export class BarAggregator {
         break;
       case "completed":
         if (rec.helping) {
-          flags |= HELPED;
+          flags |= AgentMark.Helped;
           rec.helping = false;
         }
         flags = this.#review(win, id, flags, arrival);
@@ -518,11 +428,11 @@ export class BarAggregator {
     win.agents.set(id, flags);
   }
 
-  #review(win: Window, id: string, flags: number, arrival: number): number {
-    if (flags & ON_TIME) return flags;
+  #review(win: WindowTally, id: string, flags: number, arrival: number): number {
+    if (flags & AgentMark.OnTime) return flags;
     const deadline = this.#timeline!.reviewDeadlineAt(this.#effBeat);
-    if (arrival <= deadline) return (flags | ON_TIME) & ~LATE;
-    if (!(flags & LATE)) {
+    if (arrival <= deadline) return (flags | AgentMark.OnTime) & ~AgentMark.Late;
+    if (!(flags & AgentMark.Late)) {
       win.notes.set(
         id,
         `review for beat ${this.#effBeat} arrived ${
@@ -530,7 +440,7 @@ export class BarAggregator {
         } ms after the review deadline`,
       );
     }
-    return flags | LATE;
+    return flags | AgentMark.Late;
   }
 
   /**
@@ -610,24 +520,14 @@ export class BarAggregator {
     this.#cancel = undefined;
   }
 
-  #window(bar: number): Window | undefined {
+  #window(bar: number): WindowTally | undefined {
     if (this.#nextBar === undefined || bar < this.#nextBar) return undefined;
     let win = this.#windows.get(bar);
     if (win === undefined) {
       if (this.#windows.size >= MAX_OPEN_WINDOWS) return undefined;
-      win = {
-        bar,
-        id: undefined,
-        agents: new Map(),
-        notes: new Map(),
-        keys: new Set(),
-        badKeys: new Map(),
-        rejected: new Map(),
-        driftSum: 0,
-        beats: 0,
-      };
-      const opened = win;
-      windowId(this.#clusterId, bar).then((id) => opened.id = id, () => {});
+      win = newWindowTally();
+      // Derived now, so the report rarely waits on a digest when the window closes.
+      cachedWindowId(this.#clusterId, bar, this.#timeline?.epoch ?? 0).catch(() => {});
       this.#windows.set(bar, win);
     }
     return win;
@@ -636,7 +536,7 @@ export class BarAggregator {
   // A claim counts in the window of its beat_index while that window is open; a claim for a
   // window already reported, or for a beat more than a bar ahead, counts in the window open at
   // its arrival. Sets #effBeat to the beat whose review deadline applies.
-  #windowForClaim(beat: number, arrival: number): Window | undefined {
+  #windowForClaim(beat: number, arrival: number): WindowTally | undefined {
     const t = this.#timeline;
     if (t === undefined || this.#nextBar === undefined) return undefined;
     const now = t.beatAt(arrival);
@@ -685,46 +585,53 @@ export class BarAggregator {
 
   #finalize(bar: number): void {
     const t = this.#timeline!;
-    const win = this.#windows.get(bar);
+    const tally = this.#windows.get(bar);
     this.#windows.delete(bar);
     const bpb = t.beatsPerBar;
     const windowEnd = t.dueAt(bar + bpb);
-    const closeAt = this.#closeAt(bar);
-    const period = t.periodAt(bar);
-    const barMs = windowEnd - t.dueAt(bar);
+    const info: WindowInfo = {
+      bar,
+      windowEnd,
+      closeAt: this.#closeAt(bar),
+      beatsObserved: tally?.beats ?? 0,
+    };
+    const input: Omit<BarReportInput, "windowId"> = {
+      fromBeat: bar,
+      beatsPerBar: bpb,
+      windowEnd,
+      barMs: windowEnd - t.dueAt(bar),
+      periodMs: t.periodAt(bar),
+      tally,
+      silent: this.#countSilence(tally, windowEnd),
+      maxIssues: this.#maxIssues,
+    };
+    const epoch = t.epoch;
+    const known = knownWindowId(this.#clusterId, bar, epoch);
+    this.#chain = this.#chain.then(async () => {
+      // A throwing onReport must neither break the chain for later windows nor become an
+      // unhandled rejection (which ends a Deno process).
+      try {
+        // Derived, never copied from a frame: whoever can publish on the beat subject must not
+        // choose the id reports (and their history) are keyed by.
+        const windowId = known ?? await cachedWindowId(this.#clusterId, bar, epoch);
+        this.#onReport(buildBarReport({ ...input, windowId }), info);
+      } catch { /* the reporter's bug; later windows still report */ }
+    });
+  }
 
-    let agentsReporting = 0;
-    let onTime = 0;
-    let helped = 0;
-    const failed: BarReportIssue[] = [];
-    const blocked: BarReportIssue[] = [];
-    const late: BarReportIssue[] = [];
-    const silent: BarReportIssue[] = [];
-    if (win !== undefined) {
-      for (const [id, flags] of win.agents) {
-        agentsReporting++;
-        if (flags & ON_TIME) onTime++;
-        if (flags & HELPED) helped++;
-        const note = win.notes.get(id) ?? "";
-        if (flags & FAILED) failed.push(issue("agent_failed", note, id));
-        if (flags & BLOCKED) blocked.push(issue("agent_blocked", note, id));
-        if ((flags & LATE) && !(flags & ON_TIME)) late.push(issue("late_review", note, id));
-      }
-    }
-    // Silence and eviction.
+  // Counts a closed window's silence per agent and evicts agents silent too long; returns the
+  // agents to report as silent (the first window of a silence, unless their task completed).
+  #countSilence(tally: WindowTally | undefined, windowEnd: number): SilentAgent[] {
+    const silent: SilentAgent[] = [];
     for (const [id, rec] of this.#agents) {
-      if (win?.agents.has(id)) {
+      if (tally?.agents.has(id)) {
         rec.silentBars = 0;
         continue;
       }
       if (rec.firstSeen > windowEnd) continue;
       rec.silentBars++;
       if (rec.silentBars === 1 && rec.claim.state !== "completed") {
-        silent.push(issue(
-          "agent_silent",
-          `no claim in this window; last claim at beat ${rec.claim.beat_index} (${rec.claim.state})`,
-          id,
-        ));
+        silent.push({ agentId: id, lastBeat: rec.claim.beat_index, lastState: rec.claim.state });
       }
       if (rec.silentBars > this.#evictAfter) {
         this.#agents.delete(id);
@@ -732,126 +639,6 @@ export class BarAggregator {
         this.#onEvict(id);
       }
     }
-
-    // Keys: every key used must be valid now and through the next window.
-    const keyIssues: BarReportIssue[] = [];
-    let rotationsOk = true;
-    if (win !== undefined) {
-      for (const key of win.badKeys.values()) {
-        rotationsOk = false;
-        keyIssues.push(issue(
-          "key_rotation",
-          `key ${key.keyId} was used outside its validity period`,
-          key.agentId,
-        ));
-      }
-      const horizon = windowEnd + barMs;
-      for (const key of win.keys) {
-        if (key.notAfter !== undefined && key.notAfter < horizon) {
-          rotationsOk = false;
-          keyIssues.push(issue(
-            "key_rotation",
-            `key ${key.keyId} expires at ${
-              new Date(key.notAfter).toISOString()
-            }, within the next window`,
-            key.agentId,
-          ));
-        }
-      }
-    }
-
-    const rejected: BarReportIssue[] = [];
-    if (win !== undefined) {
-      for (const [reason, tally] of win.rejected) {
-        const who = tally.agents.length > 0 ? ` (agents: ${tally.agents.join(", ")})` : "";
-        const entry = issue("claims_rejected", `${tally.count} claims rejected: ${reason}${who}`);
-        entry.count = tally.count;
-        rejected.push(entry);
-      }
-    }
-
-    const beats = win?.beats ?? 0;
-    const drift = beats > 0 ? round3(win!.driftSum / beats) : 0;
-    const driftIssues: BarReportIssue[] = [];
-    if (beats === 0) {
-      driftIssues.push(issue(
-        "tempo_drift",
-        "no beat frames observed in this window: schedule extrapolated (pulse leaderless?)",
-      ));
-    } else if (Math.abs(drift) > period * 0.1) {
-      driftIssues.push(issue(
-        "tempo_drift",
-        `beats arrive ${Math.abs(drift)} ms ${
-          drift > 0 ? "behind" : "ahead of"
-        } the announced schedule`,
-      ));
-    }
-
-    const issues = capIssues(this.#maxIssues, [
-      rejected,
-      keyIssues,
-      driftIssues,
-      failed,
-      blocked,
-      late,
-      silent,
-    ]);
-    const info: WindowInfo = { bar, windowEnd, closeAt, beatsObserved: beats };
-    const id = win?.id;
-    this.#chain = this.#chain.then(async () => {
-      // A throwing onReport must neither break the chain for later windows nor become an
-      // unhandled rejection (which ends a Deno process).
-      try {
-        const report: BarReport = {
-          type: "backbeat.barreport.v1",
-          // Derived, never copied from a frame: whoever can publish on the beat subject must not
-          // choose the id reports (and their history) are keyed by.
-          window_id: id ?? await windowId(this.#clusterId, bar),
-          from_beat: bar,
-          to_beat: bar + bpb - 1,
-          agents_reporting: agentsReporting,
-          on_time_reviews: onTime,
-          help_promises_fulfilled: helped,
-          secret_rotations_ok: rotationsOk,
-          tempo_drift_ms: drift,
-          issues,
-        };
-        this.#onReport(report, info);
-      } catch { /* the reporter's bug; later windows still report */ }
-    });
+    return silent;
   }
-}
-
-function issue(kind: IssueKind, detail: string, agentId?: string): BarReportIssue {
-  const out: BarReportIssue = { kind, detail: clip(detail) };
-  if (agentId !== undefined) out.agent_id = agentId.slice(0, 256);
-  return out;
-}
-
-// Keeps at most `max` issues across kinds (given in priority order). A kind that does not fit
-// keeps its first entries and ends with one summary entry carrying the count of the rest.
-function capIssues(max: number, groups: BarReportIssue[][]): BarReportIssue[] {
-  const total = groups.reduce((n, g) => n + g.length, 0);
-  if (total <= max) return groups.flat();
-  const out: BarReportIssue[] = [];
-  for (let i = 0; i < groups.length; i++) {
-    const g = groups[i];
-    const left = max - out.length;
-    const restNeed = groups.slice(i + 1).reduce((n, x) => n + Math.min(x.length, 1), 0);
-    // Leave room for at least one entry (or summary) of each later non-empty kind.
-    const budget = Math.max(0, left - restNeed);
-    if (g.length <= budget) {
-      out.push(...g);
-    } else if (budget > 0) {
-      const keep = g.slice(0, budget - 1);
-      out.push(...keep);
-      const rest = g.length - keep.length;
-      out.push({
-        kind: g[0].kind,
-        detail: `${rest} more ${g[0].kind} entries not listed`,
-        count: rest,
-      });
-    }
-  }
-  return out;
 }

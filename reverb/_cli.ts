@@ -1,5 +1,5 @@
 // The reverb command: flags and BACKBEAT_* variables into a configuration (a pure, tested
-// function), then the run loop that main.ts calls.
+// function), then the run loop that main.ts calls: it composes a Reverb and its HTTP server.
 
 import { assertClusterId } from "../core/mod.ts";
 import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
@@ -13,13 +13,19 @@ import {
   parseLogLevel,
   parseNumber,
 } from "../service/mod.ts";
+import {
+  DEFAULT_REVERB_HTTP_HOSTNAME,
+  DEFAULT_REVERB_HTTP_PORT,
+  type ReverbHttpServer,
+  serveReverbHttp,
+} from "./_http.ts";
 import { DEFAULT_MAX_CLAIM_BYTES } from "./_intake.ts";
 import { DEFAULT_MAX_CLAIM_AGE_BEATS, Reverb } from "./_reverb.ts";
 
 /** Default of `--cluster`. */
 export const DEFAULT_REVERB_CLUSTER = "chorus-dev";
-/** Default of `--http`. */
-export const DEFAULT_REVERB_HTTP = "127.0.0.1:8081";
+/** Default of `--http`: the HTTP server's own default address. */
+export const DEFAULT_REVERB_HTTP = `${DEFAULT_REVERB_HTTP_HOSTNAME}:${DEFAULT_REVERB_HTTP_PORT}`;
 
 /** What the reverb command was asked to do. */
 export interface ReverbCliConfig {
@@ -90,7 +96,8 @@ const SPECS = [
 ] as const;
 
 /**
- * Parses reverb's flags, falling back to `BACKBEAT_*` environment variables.
+ * Parses reverb's flags, falling back to `BACKBEAT_*` environment variables. One leading `--`
+ * is skipped (`deno task reverb -- --cluster prod` passes it through).
  *
  * @param args Command-line arguments.
  * @param env Environment variables.
@@ -99,8 +106,8 @@ const SPECS = [
  * @throws {RangeError} On a number out of range.
  *
  * @example Parse flags with an environment fallback
- * ```ts
- * import { parseReverbArgs } from "@chorus/backbeat/reverb";
+ * ```ts ignore
+ * import { parseReverbArgs } from "./_cli.ts";
  * const r = parseReverbArgs(["--cluster", "prod", "--grace-ms=250"], {
  *   BACKBEAT_NATS_URL: "nats://n:4222",
  * });
@@ -108,6 +115,7 @@ const SPECS = [
  * ```
  */
 export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): ReverbCliParse {
+  // parseFlags skips one leading "--" itself: skipping another here would take a second one too.
   const { values, sources, positionals } = parseFlags(args, SPECS, env);
   if (values.help) return { help: true };
   if (positionals.length > 0) {
@@ -175,7 +183,8 @@ export interface ReverbCliIo {
 }
 
 /**
- * Runs the reverb command until a stop is requested.
+ * Runs the reverb command until a stop is requested: reverb, and its HTTP server unless
+ * `--http off`.
  *
  * @param args Command-line arguments.
  * @param env Environment variables.
@@ -184,8 +193,8 @@ export interface ReverbCliIo {
  * cannot start.
  *
  * @example Print the help
- * ```ts
- * import { runReverbCli } from "@chorus/backbeat/reverb";
+ * ```ts ignore
+ * import { runReverbCli } from "./_cli.ts";
  * const code = await runReverbCli(["--help"], {}, {
  *   stdout: (t) => console.log(t),
  *   stderr: () => {},
@@ -218,6 +227,7 @@ export async function runReverbCli(
   });
   let bus: NatsBusLike | undefined;
   let reverb: Reverb | undefined;
+  let http: ReverbHttpServer | undefined;
   try {
     if (c.natsServers.length > 0) {
       bus = await connectNatsBus({
@@ -234,10 +244,13 @@ export async function runReverbCli(
       graceMs: c.graceMs,
       maxClaimBytes: c.maxClaimBytes,
       maxClaimAgeBeats: c.maxClaimAgeBeats,
-      http: c.http,
       logger,
     });
     await reverb.start();
+    if (c.http) {
+      http = serveReverbHttp(reverb, { ...c.http, logger });
+      logger.info("serving http", { url: http.url });
+    }
   } catch (error) {
     logger.error("cannot start reverb", { error: (error as Error).message });
     await reverb?.stop();
@@ -246,7 +259,9 @@ export async function runReverbCli(
   }
   await io.stopRequested;
   logger.info("stop requested");
+  // Reverb first: while it hands its role over, /readyz already answers "stopping".
   await reverb.stop();
+  await http?.shutdown();
   await bus?.close();
   return 0;
 }

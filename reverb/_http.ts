@@ -1,9 +1,12 @@
 // Reverb's HTTP face: health, readiness, Prometheus metrics, the JSON API, Server-Sent Events and
 // the dashboard (plain files under ./dashboard, read relative to this module so they ship with
-// the published package).
+// the published package). It serves a Reverb it is given; the reverb knows nothing of it.
 
+import type { BarReport, Clock, Logger } from "../core/mod.ts";
+import { silentLogger, SystemClock } from "../core/mod.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../service/mod.ts";
-import type { Logger } from "../core/mod.ts";
+import type { BeatObservation } from "./_aggregate.ts";
+import { renderReverbMetrics } from "./_metrics.ts";
 import type { Reverb } from "./_reverb.ts";
 
 /** Event streams served at once; more get 503. */
@@ -13,23 +16,35 @@ export const MAX_SSE_BACKLOG = 512;
 const KEEPALIVE_MS = 15_000;
 const DEFAULT_LIMIT = 100;
 const MAX_AGENT_LIMIT = 10_000;
+/** Default for {@linkcode ReverbHttpOptions.hostname}. */
+export const DEFAULT_REVERB_HTTP_HOSTNAME = "127.0.0.1";
+/** Default for {@linkcode ReverbHttpOptions.port}. */
+export const DEFAULT_REVERB_HTTP_PORT = 8081;
 
-/** Options of {@linkcode startHttpServer}. */
-export interface HttpServerOptions {
-  /** Interface to listen on. */
-  hostname: string;
-  /** Port (0: any free port). */
-  port: number;
-  /** Where request failures are logged. */
-  logger: Logger;
+/** Options of {@linkcode serveReverbHttp}. */
+export interface ReverbHttpOptions {
+  /** Interface to listen on. @default {"127.0.0.1"} */
+  hostname?: string;
+  /** Port; 0 picks a free one (see {@linkcode ReverbHttpServer.addr}). @default {8081} */
+  port?: number;
+  /** Where request failures are logged. @default {silentLogger} */
+  logger?: Logger;
+  /** Times the event streams' keepalive comments. @default {new SystemClock()} */
+  clock?: Clock;
 }
 
-/** A running HTTP server. */
-export interface HttpServerHandle {
+/** A running HTTP server of a reverb. */
+export interface ReverbHttpServer {
   /** The bound address. */
   readonly addr: Deno.NetAddr;
-  /** Closes event streams and shuts the server down. Idempotent. */
-  close(): Promise<void>;
+  /** `http://host:port`. */
+  readonly url: string;
+  /** Resolves when the server has shut down. */
+  readonly finished: Promise<void>;
+  /** Ends the event streams, stops accepting requests and closes the server. Idempotent. */
+  shutdown(): Promise<void>;
+  /** `await using` support: {@linkcode ReverbHttpServer.shutdown}. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 const ASSETS: Record<string, { file: string; type: string }> = {
@@ -93,15 +108,30 @@ interface SseClient {
 const encoder = new TextEncoder();
 
 /**
- * Serves reverb over HTTP: `GET /healthz`, `/readyz`, `/metrics`, `/api/v1/bars`,
+ * Serves a reverb over HTTP: `GET /healthz`, `/readyz`, `/metrics`, `/api/v1/bars`,
  * `/api/v1/agents`, `/api/v1/status`, `/events` (Server-Sent Events: `beat`, `status`, `report`)
- * and the dashboard at `/`.
+ * and the dashboard at `/`. It does not stop with the reverb: shut it down after `reverb.stop()`
+ * (readiness answers "stopping" meanwhile).
  *
  * @param reverb The reverb to serve.
- * @param options Address and logger.
+ * @param options Address, logger and clock.
  * @returns The running server.
+ * @throws {Deno.errors.AddrInUse} When the port is taken.
+ *
+ * @example Serve a reverb on a free port
+ * ```ts
+ * import { Reverb, serveReverbHttp } from "@chorus/backbeat/reverb";
+ * await using reverb = new Reverb({ clusterId: "dev" });
+ * await reverb.start();
+ * await using http = serveReverbHttp(reverb, { port: 0 });
+ * const res = await fetch(`${http.url}/readyz`);
+ * console.log(res.status); // 200
+ * await res.body?.cancel();
+ * ```
  */
-export function startHttpServer(reverb: Reverb, options: HttpServerOptions): HttpServerHandle {
+export function serveReverbHttp(reverb: Reverb, options: ReverbHttpOptions = {}): ReverbHttpServer {
+  const logger = options.logger ?? silentLogger;
+  const clock = options.clock ?? new SystemClock();
   const clients = new Set<SseClient>();
   let closing: Promise<void> | undefined;
 
@@ -129,19 +159,17 @@ export function startHttpServer(reverb: Reverb, options: HttpServerOptions): Htt
     const bytes = encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     for (const c of clients) send(c, bytes);
   };
-  const onBeat = (e: Event) => broadcast("beat", (e as CustomEvent).detail);
-  const onReport = (e: Event) => broadcast("report", (e as CustomEvent).detail);
+  const onBeat = (e: CustomEvent<BeatObservation>) => broadcast("beat", e.detail);
+  const onReport = (e: CustomEvent<BarReport>) => broadcast("report", e.detail);
   const onStatus = () => {
     if (clients.size > 0) broadcast("status", reverb.status());
   };
-  reverb.addEventListener("beat", onBeat);
-  reverb.addEventListener("report", onReport);
-  reverb.addEventListener("claims", onStatus);
-  reverb.addEventListener("role", onStatus);
-  const keepalive = setInterval(() => {
-    const ping = encoder.encode(": keepalive\n\n");
+  const ping = encoder.encode(": keepalive\n\n");
+  let cancelKeepalive: () => void = () => {};
+  const keepalive = () => {
     for (const c of clients) send(c, ping);
-  }, KEEPALIVE_MS);
+    cancelKeepalive = clock.schedule(clock.now() + KEEPALIVE_MS, keepalive);
+  };
 
   const events = (): Response => {
     if (closing) return json({ error: "shutting down" }, 503);
@@ -192,7 +220,7 @@ export function startHttpServer(reverb: Reverb, options: HttpServerOptions): Htt
           return json(r, r.ready ? 200 : 503);
         }
         case "/metrics":
-          return new Response(reverb.metricsText(), {
+          return new Response(renderReverbMetrics(reverb.metrics()), {
             headers: { ...SECURITY_HEADERS, "content-type": PROMETHEUS_CONTENT_TYPE },
           });
         case "/api/v1/bars": {
@@ -229,34 +257,46 @@ export function startHttpServer(reverb: Reverb, options: HttpServerOptions): Htt
       return json({ error: `no route for ${path}` }, 404);
     } catch (error) {
       if (error instanceof RangeError) return json({ error: error.message }, 400);
-      options.logger.error("http request failed", { path, error: (error as Error).message });
+      logger.error("http request failed", { path, error: (error as Error).message });
       return json({ error: "internal error" }, 500);
     }
   };
 
   const server = Deno.serve({
-    hostname: options.hostname,
-    port: options.port,
+    hostname: options.hostname ?? DEFAULT_REVERB_HTTP_HOSTNAME,
+    port: options.port ?? DEFAULT_REVERB_HTTP_PORT,
     onListen: () => {},
     onError: (error) => {
-      options.logger.error("http error", { error: (error as Error).message });
+      logger.error("http error", { error: (error as Error).message });
       return json({ error: "internal error" }, 500);
     },
   }, handler);
-
+  // Attached once listening, so a taken port leaves nothing behind on the reverb.
+  reverb.addEventListener("beat", onBeat);
+  reverb.addEventListener("report", onReport);
+  reverb.addEventListener("claims", onStatus);
+  reverb.addEventListener("role", onStatus);
+  cancelKeepalive = clock.schedule(clock.now() + KEEPALIVE_MS, keepalive);
+  const addr = server.addr;
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  const shutdown = (): Promise<void> => {
+    closing ??= (async () => {
+      cancelKeepalive();
+      reverb.removeEventListener("beat", onBeat);
+      reverb.removeEventListener("report", onReport);
+      reverb.removeEventListener("claims", onStatus);
+      reverb.removeEventListener("role", onStatus);
+      // Event streams never end by themselves: end them, or the shutdown waits forever.
+      for (const c of [...clients]) drop(c);
+      await server.shutdown();
+    })();
+    return closing;
+  };
   return {
-    addr: server.addr,
-    close(): Promise<void> {
-      closing ??= (async () => {
-        clearInterval(keepalive);
-        reverb.removeEventListener("beat", onBeat);
-        reverb.removeEventListener("report", onReport);
-        reverb.removeEventListener("claims", onStatus);
-        reverb.removeEventListener("role", onStatus);
-        for (const c of [...clients]) drop(c);
-        await server.shutdown();
-      })();
-      return closing;
-    },
+    addr,
+    url: `http://${host}:${addr.port}`,
+    finished: server.finished,
+    shutdown,
+    [Symbol.asyncDispose]: shutdown,
   };
 }

@@ -3,7 +3,16 @@
 // then a bounded wait queue), while each agent's claims are applied in arrival order through a
 // per-agent FIFO: a claim whose verification finishes early waits for its agent's older claims.
 
-import { type BusMessage, type Clock, type StatusClaim, verifyPayload } from "../core/mod.ts";
+import {
+  type BusMessage,
+  type Clock,
+  compareHlc,
+  type Hlc,
+  hlcPhysicalDiff,
+  parseHlc,
+  type StatusClaim,
+  verifyPayload,
+} from "../core/mod.ts";
 import { Histogram, logBuckets } from "../service/mod.ts";
 import { isKeyValidAt, type KeyEntry, type Keyring } from "./_keyring.ts";
 import { VerifyPool } from "./_verify_pool.ts";
@@ -145,22 +154,20 @@ interface Lane {
   recent: string[];
   recentSet: Set<string>;
   recentPos: number;
-  // Highest HLC forgotten from `recent` (physical, logical); anything at or below it is refused.
-  floorP: number;
-  floorL: number;
-  hasFloor: boolean;
+  // Highest HLC forgotten from `recent`; anything at or below it is refused.
+  floor: Hlc | undefined;
 }
 
 const decoder = new TextDecoder();
-const HALF = 2 ** 31;
 
-function hlcPhysical(hlc: string): number {
-  return ((parseInt(hlc.slice(0, 4), 16) << 16) | parseInt(hlc.slice(5, 9), 16)) >>> 0;
-}
-
-function serialDiff(a: number, b: number): number {
-  const d = (a - b) >>> 0;
-  return d >= HALF ? d - 2 ** 32 : d;
+// The HLC of a claim, or undefined when it is not the wire form (the schema requires it, but
+// the validator is the caller's).
+function claimHlc(text: unknown): Hlc | undefined {
+  try {
+    return parseHlc(text as string);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -381,6 +388,11 @@ export class ClaimIntake {
     if (lane && lane.head === lane.jobs.length) this.#lanes.delete(agentId);
   }
 
+  /** Web Workers verifying signatures (0: on the calling thread). */
+  get verifyWorkers(): number {
+    return this.#workers;
+  }
+
   /** Agents with replay memory. */
   get trackedAgents(): number {
     return this.#lanes.size;
@@ -405,9 +417,7 @@ export class ClaimIntake {
         recent: [],
         recentSet: new Set(),
         recentPos: 0,
-        floorP: 0,
-        floorL: 0,
-        hasFloor: false,
+        floor: undefined,
       };
       this.#lanes.set(agentId, lane);
     }
@@ -424,7 +434,11 @@ export class ClaimIntake {
       (this.#pool === undefined || this.#pool.pending < this.#workers * POOL_DEPTH)
     ) {
       // Started on the first signed claim, so intakes that never see one start no worker.
-      this.#pool ??= new VerifyPool(this.#workers, (token, ok) => this.#pooled(token as Job, ok));
+      this.#pool ??= new VerifyPool(
+        this.#workers,
+        (token, ok) => this.#pooled(token as Job, ok),
+        this.#clock,
+      );
       // Kept for a fallback should a worker fail.
       job.data = data;
       job.signature = signature;
@@ -498,20 +512,16 @@ export class ClaimIntake {
 
   // Freshness and replay, then acceptance. Runs in per-agent order.
   #apply(claim: StatusClaim, arrival: number, key: KeyEntry | undefined, lane: Lane): void {
-    const hlc = claim.hlc;
-    const physical = hlcPhysical(hlc);
-    const age = serialDiff(Math.floor(arrival) >>> 0, physical);
+    const hlc = claimHlc(claim.hlc);
+    if (hlc === undefined) return this.#reject("schema", lane.agentId, arrival, key);
+    const age = hlcPhysicalDiff({ physical: Math.floor(arrival) >>> 0, logical: 0 }, hlc);
     if (age > this.#maxAge()) return this.#reject("stale", lane.agentId, arrival, key);
     if (-age > this.#maxFuture) return this.#reject("future", lane.agentId, arrival, key);
-    const canonical = hlc.toLowerCase();
+    const canonical = claim.hlc.toLowerCase();
     if (lane.recentSet.has(canonical)) return this.#reject("replay", lane.agentId, arrival, key);
-    const logical = parseInt(hlc.slice(10, 14), 16);
-    if (lane.hasFloor) {
-      const d = serialDiff(physical, lane.floorP);
-      if (d < 0 || (d === 0 && logical <= lane.floorL)) {
-        // Older than everything still remembered: it may be a replay we can no longer prove.
-        return this.#reject("replay", lane.agentId, arrival, key);
-      }
+    if (lane.floor !== undefined && compareHlc(hlc, lane.floor) <= 0) {
+      // Older than everything still remembered: it may be a replay we can no longer prove.
+      return this.#reject("replay", lane.agentId, arrival, key);
     }
     this.#remember(lane, canonical);
     this.#stats.accepted++;
@@ -530,13 +540,10 @@ export class ClaimIntake {
     } else {
       const old = lane.recent[lane.recentPos];
       lane.recentSet.delete(old);
-      const op = hlcPhysical(old);
-      const ol = parseInt(old.slice(10, 14), 16);
-      const d = lane.hasFloor ? serialDiff(op, lane.floorP) : 1;
-      if (d > 0 || (d === 0 && ol > lane.floorL)) {
-        lane.floorP = op;
-        lane.floorL = ol;
-        lane.hasFloor = true;
+      // Only well-formed stamps are remembered, so this parse cannot fail.
+      const forgotten = parseHlc(old);
+      if (lane.floor === undefined || compareHlc(forgotten, lane.floor) > 0) {
+        lane.floor = forgotten;
       }
       lane.recent[lane.recentPos] = hlc;
       lane.recentPos = (lane.recentPos + 1) % this.#replayMemory;

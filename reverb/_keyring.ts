@@ -2,7 +2,7 @@
 // file, reloaded on change (Deno.watchFs, debounced) and on SIGHUP; a bad file never replaces a
 // good keyring. Imported CryptoKeys are cached by public key so a reload re-imports only new keys.
 
-import { BackbeatError, decodeBase64, IsolatedEventTarget } from "../core/mod.ts";
+import { BackbeatError, type Clock, IsolatedEventTarget, SystemClock } from "../core/mod.ts";
 
 /** One key as written in the keyring file. */
 export interface KeyringEntryJson {
@@ -61,8 +61,8 @@ function parseInstant(value: unknown, where: string): number | undefined {
  * @returns True when `at` lies inside the key's validity period.
  *
  * @example Check a key
- * ```ts
- * import { isKeyValidAt, Keyring } from "@chorus/backbeat/reverb";
+ * ```ts ignore
+ * import { isKeyValidAt, Keyring } from "./_keyring.ts";
  * const ring = await Keyring.fromJson({});
  * const key = ring.get("worker-1", "k1");
  * console.log(key ? isKeyValidAt(key, Date.now()) : "no such key");
@@ -252,7 +252,7 @@ async function buildEntry(
   }
   let bytes: Uint8Array;
   try {
-    bytes = decodeBase64(e.public_key);
+    bytes = Uint8Array.fromBase64(e.public_key.replaceAll("-", "+").replaceAll("_", "/"));
   } catch {
     throw new TypeError(`${where}.public_key is not base64`);
   }
@@ -278,31 +278,48 @@ export interface KeyringWatcherOptions {
   debounceMs?: number;
   /** Reload on SIGHUP too. @default {true} */
   reloadOnSighup?: boolean;
+  /** Times the debounce. @default {new SystemClock()} */
+  clock?: Clock;
+}
+
+/** Detail of a {@linkcode KeyringWatcher}'s `reload` event. */
+export interface KeyringReloadDetail {
+  /** Keys in the keyring now in force. */
+  readonly keys: number;
+}
+
+/** The events of a {@linkcode KeyringWatcher}. */
+export interface KeyringWatcherEventMap {
+  /** A new keyring is in force. */
+  reload: CustomEvent<KeyringReloadDetail>;
+  /** A reload failed; the previous keyring stays in force. */
+  error: ErrorEvent;
 }
 
 /**
  * Keeps a {@linkcode Keyring} in step with its file: reloads on change (debounced) and on SIGHUP.
- * A file that fails to load leaves the previous keyring in place and dispatches an `error` event
- * (`ErrorEvent`); a good reload dispatches `reload` (`CustomEvent<{ keys: number }>`).
+ * A file that fails to load leaves the previous keyring in place and dispatches an `error` event;
+ * a good reload dispatches `reload`.
  *
  * @example Watch a keyring file
  * ```ts ignore
- * import { KeyringWatcher } from "@chorus/backbeat/reverb";
- * const watcher = new KeyringWatcher("/etc/backbeat/keyring.json");
+ * import { KeyringWatcher } from "./_keyring.ts";
+ * await using watcher = new KeyringWatcher("/etc/backbeat/keyring.json");
+ * watcher.addEventListener("reload", (e) => console.log(e.detail.keys));
  * await watcher.start();
  * console.log(watcher.current.size);
- * watcher.close();
  * ```
  */
-export class KeyringWatcher extends IsolatedEventTarget {
+export class KeyringWatcher extends IsolatedEventTarget<KeyringWatcherEventMap> {
   /** The file watched. */
   readonly path: string;
   #current: Keyring = Keyring.EMPTY;
   #cache = new Map<string, CryptoKey>();
   #debounce: number;
   #sighup: boolean;
+  #clock: Clock;
   #watcher: Deno.FsWatcher | undefined;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #cancelReload: (() => void) | undefined;
   #onSignal: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #reloading: Promise<boolean> = Promise.resolve(true);
@@ -314,7 +331,7 @@ export class KeyringWatcher extends IsolatedEventTarget {
    * Creates a watcher; {@linkcode KeyringWatcher.start} loads the file and starts watching.
    *
    * @param path The keyring file.
-   * @param options Debounce and SIGHUP handling.
+   * @param options Debounce, SIGHUP handling and the clock.
    * @throws {RangeError} On a negative debounce.
    */
   constructor(path: string, options: KeyringWatcherOptions = {}) {
@@ -325,6 +342,7 @@ export class KeyringWatcher extends IsolatedEventTarget {
       throw new RangeError(`Invalid debounceMs ${options.debounceMs}: expected a number >= 0`);
     }
     this.#sighup = options.reloadOnSighup ?? true;
+    this.#clock = options.clock ?? new SystemClock();
   }
 
   /** The keyring in force. */
@@ -345,6 +363,7 @@ export class KeyringWatcher extends IsolatedEventTarget {
   /**
    * Loads the file for the first time and starts watching.
    *
+   * @returns Resolves once the first keyring is in force.
    * @throws {BackbeatError} `key` when the first load fails (a service should not start
    * without its keyring).
    */
@@ -387,7 +406,9 @@ export class KeyringWatcher extends IsolatedEventTarget {
         this.#cache = cache;
         this.#current = next;
         this.#reloads++;
-        this.dispatchEvent(new CustomEvent("reload", { detail: { keys: next.size } }));
+        this.dispatchEvent(
+          new CustomEvent<KeyringReloadDetail>("reload", { detail: { keys: next.size } }),
+        );
         return true;
       } catch (error) {
         this.#failures++;
@@ -405,23 +426,37 @@ export class KeyringWatcher extends IsolatedEventTarget {
 
   #schedule(delay = this.#debounce): void {
     if (this.#closed) return;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
+    this.#cancelReload?.();
+    this.#cancelReload = this.#clock.schedule(this.#clock.now() + delay, () => {
+      this.#cancelReload = undefined;
       this.reload();
-    }, delay);
+    });
   }
 
-  /** Stops watching. Idempotent. */
-  async close(): Promise<void> {
+  /**
+   * Stops watching and waits for a reload in progress. Idempotent.
+   *
+   * @returns Resolves once stopped.
+   */
+  async stop(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#cancelReload?.();
+    this.#cancelReload = undefined;
     if (this.#onSignal) Deno.removeSignalListener("SIGHUP", this.#onSignal);
     try {
       this.#watcher?.close();
     } catch { /* already closed */ }
     await this.#loop;
     await this.#reloading;
+  }
+
+  /**
+   * `await using` support: {@linkcode KeyringWatcher.stop}.
+   *
+   * @returns Resolves once stopped.
+   */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
   }
 }

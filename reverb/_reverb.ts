@@ -1,7 +1,7 @@
 // Reverb: verified status aggregation. Wires the bus subscriptions (beat, status, bar) to the
 // intake and the aggregator, publishes one BarReport per window when active, keeps a bounded
-// history (replayed from JetStream on NATS), elects one active aggregator through the shared
-// KvLease, and serves HTTP when asked.
+// history (replayed from JetStream on NATS) and elects one active aggregator through the shared
+// KvLease. HTTP is served beside it (serveReverbHttp), not by it.
 
 import {
   assertClusterId,
@@ -19,10 +19,17 @@ import {
   silentLogger,
   subjects,
   SystemClock,
+  withTimeout,
 } from "../core/mod.ts";
-import { kvBucketName, type KvLease, type NatsBusLike, openKvLease } from "../nats/mod.ts";
+import {
+  DEFAULT_LEASE_TTL_MS,
+  kvBucketName,
+  type KvLease,
+  type NatsBusLike,
+  openKvLease,
+} from "../nats/mod.ts";
 import { decodeBeatFrame, defaultMessageValidator, type MessageValidator } from "../schemas/mod.ts";
-import { PrometheusWriter } from "../service/mod.ts";
+import type { HistogramSnapshot } from "../service/mod.ts";
 import {
   type AgentView,
   BarAggregator,
@@ -36,36 +43,31 @@ import {
   DEFAULT_MAX_CLAIM_BYTES,
   DEFAULT_MAX_IN_FLIGHT,
   DEFAULT_MAX_QUEUED,
-  REJECT_REASONS,
   type RejectReason,
 } from "./_intake.ts";
 import { Keyring, KeyringWatcher } from "./_keyring.ts";
 import type { BarStream } from "./_stream.ts";
-import { type HttpServerHandle, startHttpServer } from "./_http.ts";
 
-/** Default for {@linkcode ReverbOptions.maxClaimAgeBeats}. */
+/** Default for {@linkcode ReverbOptions.maxClaimAgeBeats} (the CLI's default too). */
 export const DEFAULT_MAX_CLAIM_AGE_BEATS = 8;
-/** Default for {@linkcode ReverbOptions.historySize}. */
-export const DEFAULT_HISTORY_SIZE = 256;
-/** Default for {@linkcode ReverbOptions.historyMaxAgeMs}: 7 days. */
-export const DEFAULT_HISTORY_MAX_AGE_MS = 7 * 24 * 3_600_000;
-/** Default for {@linkcode ReverbOptions.historyMaxMsgs}. */
-export const DEFAULT_HISTORY_MAX_MSGS = 10_000;
-/** Default for {@linkcode ReverbOptions.leaseTtlMs}. */
-export const DEFAULT_REVERB_LEASE_TTL_MS = 600;
-/** Default for {@linkcode ReverbOptions.verifyWorkers}: one less than the CPUs, at most 4. */
-export const DEFAULT_VERIFY_WORKERS: number = Math.max(
+const DEFAULT_HISTORY_SIZE = 256;
+// 7 days.
+const DEFAULT_HISTORY_MAX_AGE_MS = 7 * 24 * 3_600_000;
+const DEFAULT_HISTORY_MAX_MSGS = 10_000;
+// One less than the CPUs (reverb's own thread keeps one), at most 4.
+const DEFAULT_VERIFY_WORKERS: number = Math.max(
   0,
   Math.min(4, (globalThis.navigator?.hardwareConcurrency ?? 1) - 1),
 );
-/** Default for {@linkcode ReverbOptions.summaryIntervalMs}. */
-export const DEFAULT_SUMMARY_INTERVAL_MS = 500;
+const DEFAULT_SUMMARY_INTERVAL_MS = 500;
 /** Reports computed while standby, kept for a takeover. */
 const MAX_SHADOW_REPORTS = 16;
 /** Wait before trying an unavailable history stream again. */
 const STREAM_RETRY_MS = 5_000;
 /** Largest bar report read from the bus. */
 const MAX_REPORT_BYTES = 65_536;
+/** Longest wait for verifications in flight when stopping. */
+const STOP_DRAIN_MS = 2_000;
 
 /** Options of {@linkcode Reverb}. */
 export interface ReverbOptions {
@@ -107,7 +109,7 @@ export interface ReverbOptions {
   /**
    * Web Workers verifying signatures (Deno's WebCrypto verifies on the calling thread); 0
    * verifies on reverb's own thread.
-   * @default {DEFAULT_VERIFY_WORKERS: one less than the CPUs, at most 4}
+   * @default {one less than the CPUs, at most 4}
    */
   verifyWorkers?: number;
   /** Claims waiting for a verification slot. @default {65536} */
@@ -120,18 +122,86 @@ export interface ReverbOptions {
   historyMaxMsgs?: number;
   /** Compete for the active role through a KV lease (NATS only). @default {true} */
   ha?: boolean;
-  /** Lease time to live in ms. @default {600} */
+  /** Lease time to live in ms (50 to 60000). @default {600, the KV lease's own default} */
   leaseTtlMs?: number;
-  /** Serve HTTP here (port 0: any free port). @default {undefined, no HTTP} */
-  http?: { hostname?: string; port: number };
   /** How often a claims summary event is dispatched, in ms. @default {500} */
   summaryIntervalMs?: number;
-  /** Time source and timers. @default {new SystemClock()} */
+  /**
+   * Time source and every timer (windows, summaries, keyring debounce, stream retries, the
+   * bounded waits of stop()).
+   * @default {new SystemClock()}
+   */
   clock?: Clock;
   /** Where reverb logs. @default {silentLogger} */
   logger?: Logger;
   /** Schema validator. @default {defaultMessageValidator()} */
   validator?: MessageValidator;
+}
+
+/** The events of a {@linkcode Reverb}. */
+export interface ReverbEventMap {
+  /** A beat frame was taken into account. */
+  beat: CustomEvent<BeatObservation>;
+  /** A report entered the history, whoever published it. */
+  report: CustomEvent<BarReport>;
+  /** The periodic claims summary (every `summaryIntervalMs`). */
+  claims: CustomEvent<ClaimsSummary>;
+  /** This instance became active (`detail.active`: it publishes reports) or standby. */
+  role: CustomEvent<{ readonly active: boolean }>;
+  /** A failure with no caller to throw to (a report not published, the stream unavailable). */
+  error: ErrorEvent;
+}
+
+/** A snapshot of reverb's counters, for {@linkcode renderReverbMetrics}. */
+export interface ReverbMetrics {
+  /** Status claims accepted. */
+  readonly claimsAccepted: number;
+  /** Accepted claims that carried a verified signature. */
+  readonly claimsSigned: number;
+  /** Claims rejected, by reason. */
+  readonly claimsRejected: Readonly<Record<RejectReason, number>>;
+  /** Signature verification times, seconds. */
+  readonly verifyTime: HistogramSnapshot;
+  /** Signatures verified in worker threads. */
+  readonly verifyOffloaded: number;
+  /** Verifications running. */
+  readonly verifyInFlight: number;
+  /** Claims waiting for verification. */
+  readonly verifyQueued: number;
+  /** Reports published by this instance. */
+  readonly reportsPublished: number;
+  /** Reports that failed schema validation and were not published. */
+  readonly reportsInvalid: number;
+  /** Delay of the last published report after its window's end plus grace, ms. */
+  readonly reportLagMs: number;
+  /** Largest such delay since start, ms. */
+  readonly reportLagMaxMs: number;
+  /** Agents tracked. */
+  readonly agentsTracked: number;
+  /** Agents evicted after silence (or to stay within `maxAgents`). */
+  readonly agentsEvicted: number;
+  /** Beat frames taken into account. */
+  readonly beatsObserved: number;
+  /** Beat frames that were not valid JSON, failed the schema or had an unreadable deadline. */
+  readonly framesInvalid: number;
+  /** Beat frames ignored because their beat_index was not above the highest seen. */
+  readonly framesStale: number;
+  /** Times the cluster's timeline restarted and reverb followed it. */
+  readonly timelineRestarts: number;
+  /** Windows not reported after a stall. */
+  readonly barsSkipped: number;
+  /** Whether this instance publishes reports. */
+  readonly active: boolean;
+  /** Tempo of the latest beat (0 before any). */
+  readonly tempoBpm: number;
+  /** Arrival of the latest beat minus its announced schedule, ms (0 before any). */
+  readonly tempoDriftMs: number;
+  /** Keys in the keyring. */
+  readonly keyringKeys: number;
+  /** Keyring reloads that failed (the previous keyring was kept). */
+  readonly keyringReloadFailures: number;
+  /** Whether the JetStream history stream is open. */
+  readonly historyStreamReady: boolean;
 }
 
 /** A claims summary, dispatched as the `claims` event and served in `/api/v1/status`. */
@@ -224,10 +294,8 @@ function isNatsBus(bus: Bus): bus is NatsBusLike {
 /**
  * The reverb service as a library: subscribes to a cluster's beat and status subjects, verifies
  * and aggregates claims, and publishes one {@linkcode BarReport} per window on the bar subject.
- *
- * Events: `beat` (`CustomEvent<BeatObservation>`), `report` (`CustomEvent<BarReport>`, every
- * report entering the history, whoever published it), `claims` (`CustomEvent<ClaimsSummary>`,
- * periodic), `role` (`CustomEvent<{ active: boolean }>`), `error` (`ErrorEvent`).
+ * Its events are those of {@linkcode ReverbEventMap}. Serve it over HTTP with
+ * `serveReverbHttp()`.
  *
  * @example Aggregate on the embedded bus
  * ```ts
@@ -235,13 +303,13 @@ function isNatsBus(bus: Bus): bus is NatsBusLike {
  * import { Reverb } from "@chorus/backbeat/reverb";
  * const bus = new InMemoryBus();
  * const reverb = new Reverb({ clusterId: "dev", bus });
- * reverb.addEventListener("report", (e) => console.log((e as CustomEvent).detail));
+ * reverb.addEventListener("report", (e) => console.log(e.detail.from_beat));
  * await reverb.start();
  * await reverb.stop();
  * await bus.close();
  * ```
  */
-export class Reverb extends IsolatedEventTarget {
+export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   /** The cluster. */
   readonly clusterId: string;
   /** This instance's id. */
@@ -265,10 +333,9 @@ export class Reverb extends IsolatedEventTarget {
   #shadow: Array<{ report: BarReport; info: WindowInfo }> = [];
   #stream: BarStream | undefined;
   #streamWanted = false;
-  #streamRetry: ReturnType<typeof setTimeout> | undefined;
+  #cancelStreamRetry: (() => void) | undefined;
   #lease: KvLease | undefined;
   #active = false;
-  #http: HttpServerHandle | undefined;
   #started = false;
   #stopping: Promise<void> | undefined;
   #summaryCancel: (() => void) | undefined;
@@ -368,9 +435,9 @@ export class Reverb extends IsolatedEventTarget {
     return this.#history;
   }
 
-  /** The HTTP address, once serving. */
-  get httpAddr(): Deno.NetAddr | undefined {
-    return this.#http?.addr;
+  /** Web Workers verifying signatures (0: on reverb's own thread). */
+  get verifyWorkers(): number {
+    return this.#intake.verifyWorkers;
   }
 
   /** The aggregator's latest beat. */
@@ -394,10 +461,11 @@ export class Reverb extends IsolatedEventTarget {
   }
 
   /**
-   * Starts reverb: loads the keyring, opens the stream and replays history (NATS), subscribes,
-   * competes for the active role (NATS) and serves HTTP when configured.
+   * Starts reverb: loads the keyring, opens the stream and replays history (NATS), subscribes
+   * and competes for the active role (NATS).
    *
    * @param signal Stops reverb when aborted.
+   * @returns Resolves once reverb runs.
    * @throws {BackbeatError} `key` when the keyring file cannot be loaded; `closed` after stop.
    */
   async start(signal?: AbortSignal): Promise<void> {
@@ -420,12 +488,12 @@ export class Reverb extends IsolatedEventTarget {
   async #startInner(): Promise<void> {
     const o = this.#options;
     if (typeof o.keyring === "string") {
-      this.#watcher = new KeyringWatcher(o.keyring);
+      this.#watcher = new KeyringWatcher(o.keyring, { clock: this.#clock });
       this.#watcher.addEventListener("error", (e) => {
-        this.#logger.error("keyring reload failed", { error: (e as ErrorEvent).message });
+        this.#logger.error("keyring reload failed", { error: e.message });
       });
       this.#watcher.addEventListener("reload", (e) => {
-        this.#logger.info("keyring reloaded", (e as CustomEvent).detail);
+        this.#logger.info("keyring reloaded", { ...e.detail });
       });
       await this.#watcher.start();
       const watcher = this.#watcher;
@@ -447,28 +515,23 @@ export class Reverb extends IsolatedEventTarget {
         bus,
         bucket: await kvBucketName(this.clusterId, "reverb"),
         holderId: this.id,
-        ttlMs: o.leaseTtlMs ?? DEFAULT_REVERB_LEASE_TTL_MS,
+        // Reverb's HA takes over as fast as pulse's: the lease's own default is the one fact.
+        ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
+        clock: this.#clock,
       });
       this.#lease.addEventListener("acquired", () => this.#setActive(true));
       this.#lease.addEventListener("lost", (e) => {
-        const detail = (e as CustomEvent).detail;
+        const detail = { ...e.detail };
         if (detail.reason === "released") this.#logger.info("handed the active role over", detail);
         else this.#logger.warn("lost the active role", detail);
         this.#setActive(false);
       });
       this.#lease.addEventListener("error", (e) => {
-        this.#logger.warn("lease error", { error: (e as ErrorEvent).message });
+        this.#logger.warn("lease error", { error: e.message });
       });
       await this.#lease.start();
     } else {
       this.#setActive(true);
-    }
-    if (o.http) {
-      this.#http = startHttpServer(this, {
-        hostname: o.http.hostname ?? "127.0.0.1",
-        port: o.http.port,
-        logger: this.#logger,
-      });
     }
     this.#armSummary();
     this.#logger.info("reverb started", {
@@ -476,7 +539,6 @@ export class Reverb extends IsolatedEventTarget {
       id: this.id,
       nats,
       stream: this.#stream?.name ?? null,
-      http: this.#http ? `${this.#http.addr.hostname}:${this.#http.addr.port}` : null,
     });
   }
 
@@ -491,6 +553,7 @@ export class Reverb extends IsolatedEventTarget {
         maxAgeMs: o.historyMaxAgeMs ?? DEFAULT_HISTORY_MAX_AGE_MS,
         maxMsgs: o.historyMaxMsgs ?? DEFAULT_HISTORY_MAX_MSGS,
         logger: this.#logger,
+        clock: this.#clock,
       });
       const payloads = await stream.replay(this.#historySize);
       if (this.#stopping) {
@@ -507,10 +570,10 @@ export class Reverb extends IsolatedEventTarget {
       this.#logger.error("history stream unavailable", { error: (error as Error).message });
       this.#error("History stream unavailable", error);
       if (!this.#stopping) {
-        this.#streamRetry = setTimeout(() => {
-          this.#streamRetry = undefined;
+        this.#cancelStreamRetry = this.#clock.schedule(this.#clock.now() + STREAM_RETRY_MS, () => {
+          this.#cancelStreamRetry = undefined;
           if (!this.#stopping) this.#openStream(bus);
-        }, STREAM_RETRY_MS);
+        });
       }
     }
   }
@@ -519,7 +582,7 @@ export class Reverb extends IsolatedEventTarget {
     if (this.#active === active) return;
     this.#active = active;
     this.#logger.info(active ? "active aggregator" : "standby", { id: this.id });
-    this.dispatchEvent(new CustomEvent("role", { detail: { active } }));
+    this.dispatchEvent(new CustomEvent<{ active: boolean }>("role", { detail: { active } }));
     if (active) {
       // Take over: publish what the previous holder did not, window by window.
       const pending = this.#shadow;
@@ -541,7 +604,7 @@ export class Reverb extends IsolatedEventTarget {
     const obs = this.#aggregator.observeBeat(frame, arrival);
     if (obs === undefined) return;
     this.#beats++;
-    this.dispatchEvent(new CustomEvent("beat", { detail: obs }));
+    this.dispatchEvent(new CustomEvent<BeatObservation>("beat", { detail: obs }));
   }
 
   #onBarMessage(m: BusMessage): void {
@@ -573,7 +636,7 @@ export class Reverb extends IsolatedEventTarget {
     }
     while (h.length > this.#historySize) this.#historyIds.delete(h.shift()!.window_id);
     this.#shadow = this.#shadow.filter((s) => s.report.window_id !== report.window_id);
-    this.dispatchEvent(new CustomEvent("report", { detail: report }));
+    this.dispatchEvent(new CustomEvent<BarReport>("report", { detail: report }));
   }
 
   #onWindowClosed(report: BarReport, info: WindowInfo): void {
@@ -630,7 +693,7 @@ export class Reverb extends IsolatedEventTarget {
       const now = this.#clock.now();
       this.#summary = this.#makeSummary(now - this.#lastSummaryAt);
       this.#lastSummaryAt = now;
-      this.dispatchEvent(new CustomEvent("claims", { detail: this.#summary }));
+      this.dispatchEvent(new CustomEvent<ClaimsSummary>("claims", { detail: this.#summary }));
       this.#summaryCancel = this.#clock.schedule(now + every, tick);
     };
     this.#summaryCancel = this.#clock.schedule(this.#lastSummaryAt + every, tick);
@@ -761,123 +824,47 @@ export class Reverb extends IsolatedEventTarget {
   }
 
   /**
-   * The Prometheus exposition of reverb's metrics.
+   * A snapshot of reverb's counters (render it with {@linkcode renderReverbMetrics}).
    *
-   * @returns The text (content type {@linkcode PROMETHEUS_CONTENT_TYPE}).
+   * @returns The counters now.
    */
-  metricsText(): string {
+  metrics(): ReverbMetrics {
     const s = this.#intake.stats;
     const agg = this.#aggregator;
-    const w = new PrometheusWriter();
-    w.counter(
-      "backbeat_reverb_claims_accepted_total",
-      "Status claims accepted.",
-      s.accepted,
-    );
-    w.counter(
-      "backbeat_reverb_claims_signed_total",
-      "Accepted status claims that carried a verified signature.",
-      s.signed,
-    );
-    w.histogram(
-      "backbeat_reverb_verify_seconds",
-      "Ed25519 signature verification time.",
-      this.#intake.verifyTime.snapshot(),
-      [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1],
-    );
-    w.counter(
-      "backbeat_reverb_reports_published_total",
-      "Bar reports published.",
-      this
-        .#reportsPublished,
-    );
-    w.counter(
-      "backbeat_reverb_reports_invalid_total",
-      "Bar reports that failed schema validation and were not published.",
-      this.#reportsInvalid,
-    );
-    w.gauge(
-      "backbeat_reverb_report_lag_seconds",
-      "Delay of the last published report after its window's end plus grace.",
-      this.#lastLagMs / 1000,
-    );
-    w.gauge(
-      "backbeat_reverb_report_lag_max_seconds",
-      "Largest report delay after window end plus grace since start.",
-      this.#maxLagMs / 1000,
-    );
-    w.gauge("backbeat_reverb_agents_tracked", "Agents tracked.", agg.agentCount);
-    w.counter(
-      "backbeat_reverb_agents_evicted_total",
-      "Agents evicted after silence.",
-      agg
-        .evicted,
-    );
-    w.counter("backbeat_reverb_beats_observed_total", "Beat frames observed.", this.#beats);
-    w.counter(
-      "backbeat_reverb_frames_invalid_total",
-      "Beat frames that were not valid JSON or failed the schema.",
-      this.#framesInvalid,
-    );
-    w.counter(
-      "backbeat_reverb_frames_stale_total",
-      "Beat frames ignored because their beat_index was not above the highest seen.",
-      agg.staleFrames,
-    );
-    w.counter(
-      "backbeat_reverb_timeline_restarts_total",
-      "Times the cluster's beat_index went back for two bars and reverb followed the new timeline.",
-      agg.timelineRestarts,
-    );
-    w.counter(
-      "backbeat_reverb_bars_skipped_total",
-      "Windows not reported after a stall.",
-      agg.skippedBars,
-    );
-    w.gauge("backbeat_reverb_active", "1 when this reverb publishes reports.", this.active ? 1 : 0);
-    w.gauge(
-      "backbeat_reverb_tempo_bpm",
-      "Tempo of the latest beat.",
-      agg.lastBeat?.tempo_bpm ?? 0,
-    );
-    w.gauge(
-      "backbeat_reverb_tempo_drift_ms",
-      "Arrival of the latest beat minus its announced schedule (positive = behind).",
-      agg.lastBeat?.drift_ms ?? 0,
-    );
-    w.counter(
-      "backbeat_reverb_verify_offloaded_total",
-      "Signatures verified in worker threads.",
-      s.offloaded,
-    );
-    w.gauge("backbeat_reverb_verify_in_flight", "Signature verifications running.", s.inFlight);
-    w.gauge("backbeat_reverb_verify_queued", "Claims waiting for verification.", s.queued);
-    w.gauge("backbeat_reverb_keyring_keys", "Keys in the keyring.", this.keyring.size);
-    w.counter(
-      "backbeat_reverb_keyring_reload_failures_total",
-      "Keyring reloads that failed (the previous keyring was kept).",
-      this.#watcher?.failures ?? 0,
-    );
-    w.gauge(
-      "backbeat_reverb_history_stream_ready",
-      "1 when the JetStream history stream is open.",
-      this.#stream ? 1 : 0,
-    );
-    // One family with a sample per reason (the writer emits one sample per family).
-    const lines = [
-      "# HELP backbeat_reverb_claims_rejected_total Status claims rejected, by reason.",
-      "# TYPE backbeat_reverb_claims_rejected_total counter",
-    ];
-    for (const r of REJECT_REASONS) {
-      lines.push(`backbeat_reverb_claims_rejected_total{reason="${r}"} ${s.rejected[r]}`);
-    }
-    return w.toString() + lines.join("\n") + "\n";
+    return {
+      claimsAccepted: s.accepted,
+      claimsSigned: s.signed,
+      claimsRejected: { ...s.rejected },
+      verifyTime: this.#intake.verifyTime.snapshot(),
+      verifyOffloaded: s.offloaded,
+      verifyInFlight: s.inFlight,
+      verifyQueued: s.queued,
+      reportsPublished: this.#reportsPublished,
+      reportsInvalid: this.#reportsInvalid,
+      reportLagMs: this.#lastLagMs,
+      reportLagMaxMs: this.#maxLagMs,
+      agentsTracked: agg.agentCount,
+      agentsEvicted: agg.evicted,
+      beatsObserved: this.#beats,
+      framesInvalid: this.#framesInvalid,
+      framesStale: agg.staleFrames,
+      timelineRestarts: agg.timelineRestarts,
+      barsSkipped: agg.skippedBars,
+      active: this.active,
+      tempoBpm: agg.lastBeat?.tempo_bpm ?? 0,
+      tempoDriftMs: agg.lastBeat?.drift_ms ?? 0,
+      keyringKeys: this.keyring.size,
+      keyringReloadFailures: this.#watcher?.failures ?? 0,
+      historyStreamReady: this.#stream !== undefined,
+    };
   }
 
   /**
    * Stops everything started: subscriptions, timers, lease (released, so a standby takes over
-   * at once), stream, keyring watcher, HTTP (event streams are closed), and the bus if reverb
-   * created it. Idempotent.
+   * at once), stream, keyring watcher, and the bus if reverb created it. Idempotent. An HTTP
+   * server serving this reverb keeps running (its readiness turns false): shut it down after.
+   *
+   * @returns Resolves once stopped.
    */
   stop(): Promise<void> {
     this.#stopping ??= this.#stopInner();
@@ -887,30 +874,28 @@ export class Reverb extends IsolatedEventTarget {
   async #stopInner(): Promise<void> {
     this.#signal?.removeEventListener("abort", this.#onAbort);
     this.#summaryCancel?.();
-    clearTimeout(this.#streamRetry);
+    this.#cancelStreamRetry?.();
     for (const s of this.#subs) s.unsubscribe();
     this.#subs = [];
     this.#aggregator.stop();
     await this.#aggregator.settled();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      this.#intake.idle(),
-      new Promise((r) => timer = setTimeout(r, 2_000)),
-    ]);
-    clearTimeout(timer);
+    await withTimeout(this.#intake.idle(), STOP_DRAIN_MS, this.#clock);
     await this.#intake.close();
     if (this.#lease) {
       this.#active = false;
       await this.#lease.release().catch(() => {});
     }
-    await this.#http?.close();
     await this.#stream?.close();
-    await this.#watcher?.close();
+    await this.#watcher?.stop();
     if (this.#ownsBus) await this.#bus.close();
     if (this.#started) this.#logger.info("reverb stopped", { id: this.id });
   }
 
-  /** `await using` support: {@linkcode Reverb.stop}. */
+  /**
+   * `await using` support: {@linkcode Reverb.stop}.
+   *
+   * @returns Resolves once stopped.
+   */
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }

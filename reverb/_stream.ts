@@ -13,7 +13,7 @@ import {
   StorageType,
 } from "@nats-io/jetstream";
 import { headers as natsHeaders, type NatsConnection } from "@nats-io/nats-core";
-import { BackbeatError, type Logger } from "../core/mod.ts";
+import { BackbeatError, type Clock, type Logger, withTimeout } from "../core/mod.ts";
 
 /** Options of {@linkcode BarStream.open}. */
 export interface BarStreamOpenOptions {
@@ -27,11 +27,14 @@ export interface BarStreamOpenOptions {
   maxMsgs: number;
   /** Where failures are logged. */
   logger: Logger;
+  /** Times store retries and the bounded wait of {@linkcode BarStream.close}. */
+  clock: Clock;
 }
 
 /** Reports waiting to be stored again after a failed publish. */
 export const MAX_PENDING_REPORTS = 256;
 const RETRY_MS = 1_000;
+const CLOSE_WAIT_MS = 2_000;
 const NS_PER_MS = 1_000_000;
 
 interface Pending {
@@ -40,15 +43,34 @@ interface Pending {
   headers: Readonly<Record<string, string>> | undefined;
 }
 
-/** The `BACKBEAT_<CLUSTER>_BARS` stream: appends reports (deduplicated) and replays them. */
+/**
+ * The `BACKBEAT_<CLUSTER>_BARS` stream: appends reports (deduplicated) and replays them.
+ *
+ * @example Keep and replay reports
+ * ```ts ignore
+ * import { BarStream } from "./_stream.ts";
+ * const stream = await BarStream.open(bus.connection, {
+ *   name: "BACKBEAT_DEV_BARS",
+ *   subject: "backbeat.dev.bar",
+ *   maxAgeMs: 86_400_000,
+ *   maxMsgs: 10_000,
+ *   logger,
+ *   clock,
+ * });
+ * console.log((await stream.replay(10)).length);
+ * await stream.close();
+ * ```
+ */
 export class BarStream {
+  /** The stream name. */
   readonly name: string;
   readonly #subject: string;
   readonly #js: JetStreamClient;
   readonly #jsm: JetStreamManager;
   readonly #logger: Logger;
+  readonly #clock: Clock;
   #pending: Pending[] = [];
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #cancelRetry: (() => void) | undefined;
   #inflight = new Set<Promise<unknown>>();
   #closed = false;
   #stored = 0;
@@ -60,12 +82,14 @@ export class BarStream {
     js: JetStreamClient,
     jsm: JetStreamManager,
     logger: Logger,
+    clock: Clock,
   ) {
     this.name = name;
     this.#subject = subject;
     this.#js = js;
     this.#jsm = jsm;
     this.#logger = logger;
+    this.#clock = clock;
   }
 
   /**
@@ -120,6 +144,7 @@ export class BarStream {
         jetstream(nc, { timeout: 5_000 }),
         jsm,
         options.logger,
+        options.clock,
       );
     } catch (cause) {
       throw new BackbeatError(
@@ -187,13 +212,13 @@ export class BarStream {
   }
 
   #arm(): void {
-    if (this.#closed || this.#timer !== undefined) return;
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
+    if (this.#closed || this.#cancelRetry !== undefined) return;
+    this.#cancelRetry = this.#clock.schedule(this.#clock.now() + RETRY_MS, () => {
+      this.#cancelRetry = undefined;
       const batch = this.#pending;
       this.#pending = [];
       for (const p of batch) this.#send(p);
-    }, RETRY_MS);
+    });
   }
 
   /**
@@ -230,17 +255,16 @@ export class BarStream {
     }
   }
 
-  /** Waits for in-flight stores (bounded) and stops retrying. Idempotent. */
+  /**
+   * Waits for in-flight stores (at most 2 s) and stops retrying. Idempotent.
+   *
+   * @returns Resolves once closed.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      Promise.allSettled([...this.#inflight]),
-      new Promise((r) => timer = setTimeout(r, 2_000)),
-    ]);
-    clearTimeout(timer);
+    await withTimeout(Promise.allSettled([...this.#inflight]), CLOSE_WAIT_MS, this.#clock);
     this.#closed = true;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#cancelRetry?.();
+    this.#cancelRetry = undefined;
   }
 }

@@ -3,6 +3,8 @@
 // aggregates claims. Claims are packed into one transferable buffer per batch; a batch leaves
 // when it is full or at the end of the current task (a microtask), whichever comes first.
 
+import { type Clock, withTimeout } from "../core/mod.ts";
+
 /** Claims per batch at most. */
 export const VERIFY_BATCH = 256;
 
@@ -38,12 +40,24 @@ function newBatch(): Batch {
   };
 }
 
-/** Verifies signatures in `size` workers. */
+/**
+ * Verifies signatures in `size` workers.
+ *
+ * @example Verify one signature off the calling thread
+ * ```ts ignore
+ * import { SystemClock } from "../core/mod.ts";
+ * import { VerifyPool } from "./_verify_pool.ts";
+ * const pool = new VerifyPool(1, (token, ok) => console.log(token, ok), new SystemClock());
+ * pool.submit("claim-1", publicKey, payload, signature);
+ * await pool.close();
+ * ```
+ */
 export class VerifyPool {
   /** Number of workers. */
   readonly size: number;
   readonly #slots: Slot[] = [];
   readonly #onResult: VerifyResult;
+  readonly #clock: Clock;
   readonly #inflight = new Map<number, { tokens: unknown[]; slot: Slot }>();
   #batch: Batch = newBatch();
   #scheduled = false;
@@ -52,16 +66,20 @@ export class VerifyPool {
   #idle: Array<() => void> = [];
 
   /**
+   * Starts the workers.
+   *
    * @param size Workers to start (at least 1).
    * @param onResult Receives each result.
-   * @throws {RangeError} When size is not a positive integer.
+   * @param clock Times the bounded wait of {@linkcode VerifyPool.close}.
+   * @throws {RangeError} When size is not an integer from 1 to 64.
    */
-  constructor(size: number, onResult: VerifyResult) {
+  constructor(size: number, onResult: VerifyResult, clock: Clock) {
     if (!(Number.isInteger(size) && size > 0 && size <= 64)) {
       throw new RangeError(`Invalid verify pool size ${size}: expected an integer from 1 to 64`);
     }
     this.size = size;
     this.#onResult = onResult;
+    this.#clock = clock;
     const url = new URL("./_verify_worker.ts", import.meta.url);
     for (let i = 0; i < size; i++) {
       const slot: Slot = {
@@ -185,18 +203,14 @@ export class VerifyPool {
    * Waits (at most `timeoutMs`) for submitted claims to be answered, then stops the workers.
    * Claims still unanswered get `null`. Idempotent.
    *
-   * @param timeoutMs Longest wait.
+   * @param timeoutMs Longest wait. @default {2000}
+   * @returns Resolves once the workers are stopped.
    */
   async close(timeoutMs = 2_000): Promise<void> {
     if (this.#closed) return;
     this.#flush();
     if (this.#inflight.size > 0) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        new Promise<void>((r) => this.#idle.push(r)),
-        new Promise((r) => timer = setTimeout(r, timeoutMs)),
-      ]);
-      clearTimeout(timer);
+      await withTimeout(new Promise<void>((r) => this.#idle.push(r)), timeoutMs, this.#clock);
     }
     this.#closed = true;
     for (const s of this.#slots) s.worker.terminate();

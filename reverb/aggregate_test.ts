@@ -4,6 +4,7 @@ import {
   type BeatFrame,
   generateSigningKeyPair,
   HybridLogicalClock,
+  knownWindowId,
   ManualClock,
   type StatusClaim,
   Timeline,
@@ -323,20 +324,25 @@ Deno.test("BarAggregator bounds agents: the oldest record is dropped beyond maxA
   h.agg.stop();
 });
 
-Deno.test("BarAggregator follows a restarted timeline after two bars of lower beat indexes", async () => {
+Deno.test("BarAggregator follows a restarted timeline after three agreeing beats far below, ignoring a lone one", async () => {
   const h = harness();
   for (let n = 100; n <= 104; n++) await h.beat(n);
   // The cluster starts over at beat 0, 200 ms later than the old schedule would put it.
   h.timeline = new Timeline({ originTime: h.timeline.dueAt(105) + 200, tempoBpm: 60 });
-  for (let n = 0; n < 7; n++) await h.beat(n);
-  assert.equal(h.agg.lastBeat?.beat_index, 104, "a few low frames are a deposed pulse: ignored");
-  await h.beat(7);
+  for (let n = 0; n < 2; n++) await h.beat(n);
+  assert.equal(
+    h.agg.lastBeat?.beat_index,
+    104,
+    "one or two low frames (forged or deposed): ignored",
+  );
+  await h.beat(2);
   assert.equal(h.agg.timelineRestarts, 1);
-  assert.equal(h.agg.lastBeat?.beat_index, 7);
-  for (let n = 8; n <= 12; n++) await h.beat(n);
+  assert.equal(h.agg.lastBeat?.beat_index, 2);
+  for (let n = 3; n <= 12; n++) await h.beat(n);
   await h.to(h.timeline.dueAt(12) + 200);
-  // The old schedule keeps closing windows until the restart is recognised.
-  assert.deepEqual(h.reports.map((r) => r.from_beat), [100, 104, 108, 8]);
+  // The new timeline reports from its first full bar. The old one's open bar (104) is dropped
+  // at the restart, incomplete.
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [100, 4, 8]);
   h.agg.stop();
 });
 
@@ -391,5 +397,38 @@ Deno.test("BarAggregator derives each report's window_id; a frame cannot choose 
   await h.to(T0 + 4_200);
   assert.equal(h.reports.length, 1);
   assert.equal(h.reports[0].window_id, await windowId(CLUSTER, 0));
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator starts over at the next downbeat when the bar grid changes", async () => {
+  const h = harness();
+  for (let n = 0; n <= 5; n++) await h.beat(n);
+  // Pulse reconfigured to 3 beats a bar from beat 6 on (due at T0 + 6000).
+  h.timeline = new Timeline({
+    originTime: T0 + 6_000,
+    originBeat: 6,
+    tempoBpm: 60,
+    beatsPerBar: 3,
+  });
+  h.claim({ agent_id: "a", beat_index: 5 });
+  for (let n = 6; n <= 12; n++) await h.beat(n);
+  await h.to(h.timeline.dueAt(12) + 200);
+  // Bar 0 closed on the old grid; bar 4 was open when the grid moved and is dropped; windows
+  // follow the new grid from its first downbeat.
+  assert.deepEqual(h.reports.map((r) => [r.from_beat, r.to_beat]), [[0, 3], [6, 8], [9, 11]]);
+  assert.equal(h.agg.lastBeat?.beats_per_bar, 3);
+  assert.equal(h.agg.lastBeat?.position, 0);
+  for (const r of h.reports) assert.equal(validator.validateMessage(r).valid, true);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator derives window ids on the frames' timeline epoch, through the core cache", async () => {
+  const h = harness({}, new Timeline({ originTime: T0, tempoBpm: 60, epoch: 7 }));
+  for (let n = 0; n < 5; n++) await h.beat(n);
+  // The window opened with its first beat: its id was derived then, ready when it closes.
+  assert.equal(knownWindowId(CLUSTER, 4, 7), await windowId(CLUSTER, 4, 7));
+  await h.to(T0 + 4_200);
+  assert.equal(h.reports[0].window_id, await windowId(CLUSTER, 0, 7));
+  assert.notEqual(h.reports[0].window_id, await windowId(CLUSTER, 0), "epoch 0 would differ");
   h.agg.stop();
 });

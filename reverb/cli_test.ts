@@ -86,12 +86,25 @@ Deno.test("parseReverbArgs() falls back to BACKBEAT_* variables", () => {
   assert.equal(c.logLevel, "warn");
 });
 
+Deno.test("parseReverbArgs() skips one leading -- (deno task reverb -- --flags)", () => {
+  assert.deepEqual(
+    config(["--", "--cluster", "prod", "--http=off"]),
+    config(["--cluster=prod", "--http", "off"]),
+  );
+  assert.equal(config(["--", "--grace-ms", "250"]).graceMs, 250);
+  // Only one: a second -- ends the flags, so what follows is an unexpected argument.
+  assert.throws(() => parseReverbArgs(["--", "--", "--cluster", "prod"]), /Unexpected argument/);
+  const r = parseReverbArgs(["--", "-h"]);
+  assert.equal(r.help, true);
+});
+
 Deno.test("parseReverbArgs() explains bad values, naming the flag or variable", () => {
   const cases: Array<[string[], Record<string, string>, RegExp]> = [
     [["--cluster", "a.b"], {}, /Invalid cluster id "a\.b"/],
     [["--nats", "localhost"], {}, /Invalid --nats "localhost": expected a URL/],
     [["--http", "nope"], {}, /Invalid --http "nope": expected host:port/],
-    [["--grace-ms", "-1"], {}, /Invalid --grace-ms "-1": expected a number from 0/],
+    // A value starting with "-" is written --flag=value (otherwise it reads as a flag).
+    [["--grace-ms=-1"], {}, /Invalid --grace-ms "-1": expected a number from 0/],
     [
       [],
       { BACKBEAT_MAX_CLAIM_BYTES: "1.5" },

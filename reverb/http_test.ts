@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
-import { HybridLogicalClock, InMemoryBus, Timeline } from "../core/mod.ts";
-import { makeClaim, until } from "../tests/reverb_helpers.ts";
+import { HybridLogicalClock, InMemoryBus, ManualClock, Timeline } from "../core/mod.ts";
+import { makeClaim } from "../tests/reverb_helpers.ts";
+import { until } from "../tests/until.ts";
+import { serveReverbHttp } from "./_http.ts";
 import { Reverb } from "./_reverb.ts";
 
 const encoder = new TextEncoder();
@@ -13,9 +15,9 @@ async function live(): Promise<{ reverb: Reverb; base: string; stop(): Promise<v
     bus,
     graceMs: 30,
     summaryIntervalMs: 50,
-    http: { hostname: "127.0.0.1", port: 0 },
   });
   await reverb.start();
+  const http = serveReverbHttp(reverb, { hostname: "127.0.0.1", port: 0 });
   const timeline = new Timeline({ originTime: Date.now() + 20, tempoBpm: 600 });
   const hlc = new HybridLogicalClock();
   let beat = 0;
@@ -35,10 +37,11 @@ async function live(): Promise<{ reverb: Reverb; base: string; stop(): Promise<v
   timer = setTimeout(tick, Math.max(0, timeline.dueAt(0) - Date.now()));
   return {
     reverb,
-    base: `http://127.0.0.1:${reverb.httpAddr!.port}`,
+    base: http.url,
     async stop() {
       clearTimeout(timer);
       await reverb.stop();
+      await http.shutdown();
       await bus.close();
     },
   };
@@ -47,7 +50,7 @@ async function live(): Promise<{ reverb: Reverb; base: string; stop(): Promise<v
 Deno.test("reverb HTTP serves health, readiness, metrics and the JSON API", async () => {
   const w = await live();
   try {
-    await until(() => w.reverb.reports.length >= 1, "a first report");
+    await until(() => w.reverb.reports.length >= 1, { what: "a first report" });
     const health = await fetch(`${w.base}/healthz`);
     assert.equal(health.status, 200);
     assert.equal((await health.json()).status, "ok");
@@ -107,7 +110,7 @@ Deno.test("reverb HTTP serves the dashboard files with a strict content security
   }
 });
 
-Deno.test("reverb /events streams beats, status and reports, and ends when reverb stops", async () => {
+Deno.test("reverb /events streams beats, status and reports, and ends when the server shuts down", async () => {
   const w = await live();
   let reader: ReadableStreamDefaultReader<string> | undefined;
   try {
@@ -136,7 +139,7 @@ Deno.test("reverb /events streams beats, status and reports, and ends when rever
     beats = beats.slice(-3);
     assert.ok(beats.every((b, i) => i === 0 || b === beats[i - 1] + 1), "beats arrive in order");
     await w.stop();
-    // Stopping ends the stream: the reader sees the end instead of hanging.
+    // Shutting down ends the stream: the reader sees the end instead of hanging.
     for (;;) {
       const { done } = await reader.read();
       if (done) break;
@@ -147,15 +150,50 @@ Deno.test("reverb /events streams beats, status and reports, and ends when rever
   }
 });
 
-Deno.test("reverb readiness turns false while stopping and the HTTP server is closed after stop()", async () => {
+Deno.test("reverb readiness turns false while stopping and the HTTP server is closed after shutdown()", async () => {
   const bus = new InMemoryBus();
-  const reverb = new Reverb({ clusterId: "web", bus, http: { port: 0 } });
+  const reverb = new Reverb({ clusterId: "web", bus });
   await reverb.start();
-  const base = `http://127.0.0.1:${reverb.httpAddr!.port}`;
+  const http = serveReverbHttp(reverb, { port: 0 });
+  const base = http.url;
   assert.equal(reverb.readiness().ready, true);
   const stopped = reverb.stop();
   assert.deepEqual(reverb.readiness(), { ready: false, reasons: ["stopping"] });
   await stopped;
-  await assert.rejects(fetch(`${base}/readyz`), "the server is closed after stop()");
+  const res = await fetch(`${base}/readyz`);
+  assert.equal(res.status, 503, "the server outlives reverb until shut down, answering not ready");
+  assert.deepEqual(await res.json(), { ready: false, reasons: ["stopping"] });
+  await http.shutdown();
+  await assert.rejects(fetch(`${base}/readyz`), "the server is closed after shutdown()");
   await bus.close();
+});
+
+Deno.test("serveReverbHttp() sends event-stream keepalives on its clock and refuses a taken port", async () => {
+  await using bus = new InMemoryBus();
+  await using reverb = new Reverb({ clusterId: "ka", bus, summaryIntervalMs: 60_000 });
+  await reverb.start();
+  const clock = new ManualClock(0);
+  await using http = serveReverbHttp(reverb, { port: 0, clock });
+  const res = await fetch(`${http.url}/events`);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    let text = (await reader.read()).value ?? "";
+    assert.match(text, /^retry: 2000\nevent: status\n/);
+    await clock.advance(14_999);
+    await clock.advance(1);
+    while (!text.includes(": keepalive\n\n")) {
+      const { value, done } = await reader.read();
+      assert.equal(done, false, "the keepalive arrives before the stream ends");
+      text += value;
+    }
+    assert.equal(clock.pending, 1, "the next keepalive is armed");
+    assert.throws(() => serveReverbHttp(reverb, { port: http.addr.port }), Deno.errors.AddrInUse);
+    const ready = await fetch(`${http.url}/readyz`);
+    assert.equal(ready.status, 200, "the first server still serves");
+    await ready.body?.cancel();
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  await http.shutdown();
+  assert.equal(clock.pending, 0, "shutdown cancels the keepalive");
 });

@@ -245,6 +245,28 @@ Deno.test("ClaimIntake refuses a replay older than everything it still remembers
   assert.equal(h.accepted.length, 4);
 });
 
+Deno.test("ClaimIntake refuses a replay at or below the floor across the 2^32 ms wrap", () => {
+  // Remembered stamps straddle the wrap: the floor must order them by serial arithmetic.
+  const clock = new ManualClock(2 ** 32 + 1_000);
+  const h = harness(Keyring.EMPTY, { clock, replayMemory: 1 });
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 - 10) }))); // before the wrap
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 + 10) }))); // after: floor = -10
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 - 20) }))); // below the floor
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 + 5) }))); // above it, new
+  assert.deepEqual(h.rejected.map((r) => r.reason), ["replay"]);
+  assert.equal(h.accepted.length, 3);
+});
+
+Deno.test("ClaimIntake rejects a claim whose HLC is not the wire form as schema, even past a lax validator", () => {
+  const h = harness(Keyring.EMPTY, { validate: () => true });
+  for (const hlc of ["nonsense", "0000:0000", 42, undefined]) {
+    h.intake.handle(claimMessage({ ...makeClaim({ hlc: "0000:0000:0000" }), hlc }));
+  }
+  assert.equal(h.accepted.length, 0);
+  assert.deepEqual(h.rejected.map((r) => r.reason), ["schema", "schema", "schema", "schema"]);
+  assert.equal(h.intake.stats.rejected.schema, 4);
+});
+
 Deno.test("ClaimIntake judges freshness across the 2^32 ms wrap of the HLC", () => {
   const clock = new ManualClock(2 ** 32 + 1_000); // physical part wrapped to 1000
   const h = harness(Keyring.EMPTY, { clock });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { BackbeatError, generateSigningKeyPair } from "../core/mod.ts";
-import { isKeyValidAt, Keyring, KeyringWatcher } from "./_keyring.ts";
+import { BackbeatError, generateSigningKeyPair, ManualClock } from "../core/mod.ts";
+import { until } from "../tests/until.ts";
+import { isKeyValidAt, Keyring, KeyringWatcher, type KeyringWatcherEventMap } from "./_keyring.ts";
 
 Deno.test("Keyring.fromJson() loads keys per agent with their validity periods", async () => {
   const a = await generateSigningKeyPair();
@@ -84,8 +85,10 @@ Deno.test("KeyringWatcher reloads on change and rename, and keeps the old keyrin
     JSON.stringify({ a: [{ key_id: "k1", public_key: k1.publicKey }] }),
   );
   const watcher = new KeyringWatcher(path, { debounceMs: 20 });
-  const next = (type: string) =>
-    new Promise<Event>((resolve) => watcher.addEventListener(type, resolve, { once: true }));
+  const next = <K extends "reload" | "error">(type: K) =>
+    new Promise<KeyringWatcherEventMap[K]>((resolve) =>
+      watcher.addEventListener(type, resolve, { once: true })
+    );
   try {
     await watcher.start();
     assert.ok(watcher.current.get("a", "k1"));
@@ -101,7 +104,7 @@ Deno.test("KeyringWatcher reloads on change and rename, and keeps the old keyrin
 
     const failed = next("error");
     await Deno.writeTextFile(path, "{ not json");
-    const event = await failed as ErrorEvent;
+    const event = await failed;
     assert.match(event.message, /not JSON.*keeping the previous keyring/);
     assert.ok(watcher.current.get("a", "k2"), "the previous keyring stays in force");
     assert.ok(watcher.failures >= 1);
@@ -116,7 +119,7 @@ Deno.test("KeyringWatcher reloads on change and rename, and keeps the old keyrin
     await reloaded;
     assert.ok(watcher.current.get("a", "k3"));
   } finally {
-    await watcher.close();
+    await watcher.stop();
     await Deno.remove(dir, { recursive: true });
   }
 });
@@ -144,7 +147,7 @@ Deno.test("KeyringWatcher reloads on SIGHUP without waiting for the debounce", a
     assert.ok(watcher.current.get("a", "k2"));
     assert.equal(watcher.reloads, 2);
   } finally {
-    await watcher.close();
+    await watcher.stop();
     await Deno.remove(dir, { recursive: true });
   }
 });
@@ -155,5 +158,43 @@ Deno.test("KeyringWatcher.start() fails loudly when the first load fails", async
     watcher.start(),
     (e) => e instanceof BackbeatError && /Cannot read keyring \/nonexistent/.test(e.message),
   );
-  await watcher.close();
+  await watcher.stop();
+});
+
+Deno.test("KeyringWatcher debounces on its clock: the reload waits for the clock, not the wall", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "reverb-keyring-" });
+  const path = `${dir}/keyring.json`;
+  const k1 = await generateSigningKeyPair();
+  const k2 = await generateSigningKeyPair();
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify({ a: [{ key_id: "k1", public_key: k1.publicKey }] }),
+  );
+  const clock = new ManualClock(0);
+  const reloads: number[] = [];
+  {
+    await using watcher = new KeyringWatcher(path, {
+      debounceMs: 100,
+      reloadOnSighup: false,
+      clock,
+    });
+    watcher.addEventListener("reload", (e) => reloads.push(e.detail.keys));
+    await watcher.start();
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({ a: [{ key_id: "k2", public_key: k2.publicKey }] }),
+    );
+    await until(() => clock.pending > 0, { what: "the file event to arm the debounce" });
+    await clock.advance(99);
+    assert.equal(watcher.reloads, 1, "not before the debounce has passed on the clock");
+    await clock.advance(1);
+    await until(() => watcher.current.get("a", "k2") !== undefined, { what: "the reload" });
+    assert.deepEqual(reloads, [1]);
+  }
+  // Disposed: no timer left behind, and a later change reloads nothing.
+  assert.equal(clock.pending, 0);
+  await Deno.writeTextFile(path, "{}");
+  await clock.advance(1_000);
+  assert.deepEqual(reloads, [1]);
+  await Deno.remove(dir, { recursive: true });
 });

@@ -9,7 +9,9 @@ import {
   Timeline,
 } from "../core/mod.ts";
 import { MessageValidator } from "../schemas/mod.ts";
-import { hlcAt, makeClaim, signedMessage, until } from "../tests/reverb_helpers.ts";
+import { hlcAt, makeClaim, signedMessage } from "../tests/reverb_helpers.ts";
+import { until } from "../tests/until.ts";
+import { renderReverbMetrics } from "./_metrics.ts";
 import { barStreamName, Reverb } from "./_reverb.ts";
 
 const T0 = Date.parse("2030-01-01T00:00:00Z");
@@ -94,7 +96,7 @@ Deno.test("Reverb publishes one schema-valid BarReport per window on the bar sub
     assert.equal(status.claims.accepted, 1);
     assert.equal(status.claims.rejected.malformed, 1);
     assert.equal(status.stream, null, "no JetStream on the embedded bus");
-    const metrics = w.reverb.metricsText();
+    const metrics = renderReverbMetrics(w.reverb.metrics());
     assert.match(metrics, /^backbeat_reverb_claims_accepted_total 1$/m);
     assert.match(metrics, /^backbeat_reverb_claims_rejected_total\{reason="schema"\} 1$/m);
     assert.match(metrics, /^backbeat_reverb_reports_published_total 1$/m);
@@ -155,7 +157,7 @@ Deno.test("Reverb verifies signatures with a keyring file and follows its reload
       await until(() => {
         const s = w.reverb.claimsSummary();
         return s.accepted + Object.values(s.rejected).reduce((x, y) => x + y, 0) > before;
-      }, "the claim to be verified");
+      }, { what: "the claim to be verified" });
     };
     await send(k1.keyPair.privateKey, "k1", 1);
     await send(k2.keyPair.privateKey, "k2", 2);
@@ -165,7 +167,11 @@ Deno.test("Reverb verifies signatures with a keyring file and follows its reload
       path,
       JSON.stringify({ a: [{ key_id: "k2", public_key: k2.publicKey }] }),
     );
-    await until(() => w.reverb.keyring.get("a", "k2") !== undefined, "the keyring reload");
+    // The reload's debounce runs on reverb's clock: move it along while the file event arrives.
+    await until(async () => {
+      await w.clock.advance(50);
+      return w.reverb.keyring.get("a", "k2") !== undefined;
+    }, { what: "the keyring reload" });
     await send(k2.keyPair.privateKey, "k2", 3);
     await send(k1.keyPair.privateKey, "k1", 4);
     assert.equal(w.reverb.status().claims.accepted, 2);
@@ -203,4 +209,43 @@ Deno.test("barStreamName() upper-cases the cluster and replaces what a stream na
   assert.equal(barStreamName("chorus-dev"), "BACKBEAT_CHORUS-DEV_BARS");
   assert.equal(barStreamName("team/a:b"), "BACKBEAT_TEAM_A_B_BARS");
   assert.throws(() => barStreamName("a.b"), TypeError);
+});
+
+Deno.test("Reverb's events are typed: beat, report, claims and role carry their detail", async () => {
+  const bus = new InMemoryBus();
+  const clock = new ManualClock(T0 - 100);
+  const timeline = new Timeline({ originTime: T0, tempoBpm: 60 });
+  const hlc = new HybridLogicalClock({ clock: () => clock.now() });
+  const seen = {
+    beats: [] as number[],
+    reports: [] as number[],
+    claims: 0,
+    roles: [] as boolean[],
+  };
+  {
+    await using reverb = new Reverb({ clusterId: "dev", bus, clock, graceMs: 200 });
+    // No casts: the event map types each listener's event.
+    reverb.addEventListener("beat", (e) => seen.beats.push(e.detail.beat_index));
+    reverb.addEventListener("report", (e) => seen.reports.push(e.detail.from_beat));
+    reverb.addEventListener("claims", (e) => seen.claims += e.detail.accepted >= 0 ? 1 : 0);
+    reverb.addEventListener("role", (e) => seen.roles.push(e.detail.active));
+    await reverb.start();
+    for (let n = 0; n <= 4; n++) {
+      await clock.advance(timeline.dueAt(n) - clock.now());
+      bus.publish(
+        "backbeat.dev.beat",
+        encoder.encode(JSON.stringify(await timeline.frame("dev", n, hlc.now()))),
+      );
+      await bus.flush();
+    }
+    await clock.advance(T0 + 4_200 - clock.now());
+    await until(() => seen.reports.length === 1, { what: "the report" });
+    assert.equal(reverb.metrics().beatsObserved, 5);
+  }
+  assert.deepEqual(seen.beats, [0, 1, 2, 3, 4]);
+  assert.deepEqual(seen.reports, [0]);
+  assert.ok(seen.claims >= 8, `a claims summary every 500 ms, got ${seen.claims}`);
+  assert.deepEqual(seen.roles, [true]);
+  assert.equal(bus.subscriptionCount, 0, "await using stopped reverb");
+  await bus.close();
 });

@@ -14,9 +14,10 @@ import {
 } from "../core/mod.ts";
 import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { Reverb } from "../reverb/mod.ts";
+import { Reverb, type ReverbHttpServer, serveReverbHttp } from "../reverb/mod.ts";
 import { startNatsServer } from "./nats_server.ts";
-import { makeClaim, signedMessage, until } from "./reverb_helpers.ts";
+import { makeClaim, signedMessage } from "./reverb_helpers.ts";
+import { until } from "./until.ts";
 
 const CHROMIUM_ARGS = [
   "--headless",
@@ -136,9 +137,9 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
     keyring,
     graceMs: 100,
     summaryIntervalMs: 250,
-    http: { hostname: "127.0.0.1", port: 0 },
     id: "reverb-a",
   });
+  let http: ReverbHttpServer | undefined;
   const stopAgents = agentsScript(agentBus, cluster, signer.keyPair.privateKey);
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
@@ -146,13 +147,14 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
   });
   try {
     await reverb.start();
+    http = serveReverbHttp(reverb, { hostname: "127.0.0.1", port: 0 });
     await pulse.start();
-    const base = `http://127.0.0.1:${reverb.httpAddr!.port}`;
+    const base = http.url;
     const api = async (path: string) => {
       const r = await fetch(`${base}${path}`);
       return await r.json();
     };
-    await until(() => reverb.reports.length >= 3, "three reports", 10_000);
+    await until(() => reverb.reports.length >= 3, { what: "three reports", timeoutMs: 10_000 });
 
     const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
     const errors: string[] = [];
@@ -165,7 +167,7 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
     // The beat moves, and the phase indicator with it.
     await until(
       async () => /^\d[\d,]*$/.test((await page.textContent("#beat-index")) ?? ""),
-      "a beat on the page",
+      { what: "a beat on the page" },
     );
     const beatOf = async () => Number((await page.textContent("#beat-index"))!.replaceAll(",", ""));
     const first = await beatOf();
@@ -199,8 +201,7 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
           JSON.stringify(rowIds) ===
             JSON.stringify(bars.reports.slice(0, 30).map((r: BarReport) => r.window_id));
       },
-      "the dashboard's reports to match /api/v1/bars",
-      5_000,
+      { what: "the dashboard's reports to match /api/v1/bars", timeoutMs: 5_000 },
     );
     assert.ok(await page.locator("#chart svg g").count() >= 3);
 
@@ -220,8 +221,7 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
           agents.map((a) => `${a.agent_id}=${a.state}`).sort(),
         );
       },
-      "the agents table to match /api/v1/agents",
-      5_000,
+      { what: "the agents table to match /api/v1/agents", timeoutMs: 5_000 },
     );
     assert.equal(
       await page.getAttribute('#agents tr[data-agent="ingest-failed"]', "data-state"),
@@ -251,8 +251,7 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
           Number(unknown) === s.claims.rejected.unknown_key &&
           s.claims.rejected.malformed > 0 && s.claims.rejected.unknown_key > 0;
       },
-      "the rejected table to match /api/v1/status",
-      5_000,
+      { what: "the rejected table to match /api/v1/status", timeoutMs: 5_000 },
     );
 
     // The screenshot in the docs shows the healthy, live state.
@@ -267,7 +266,7 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
     await pulse.stop();
     await until(
       async () => ((await page.textContent("#warnings")) ?? "").includes("leaderless"),
-      "the leaderless warning",
+      { what: "the leaderless warning" },
     );
     const warning = await page.textContent("#warnings");
     assert.match(warning!, /pulse leaderless or unreachable/);
@@ -279,6 +278,7 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
     stopAgents();
     await pulse.stop();
     await reverb.stop();
+    await http?.shutdown();
     await Promise.all([reverbBus.close(), pulseBus.close(), agentBus.close()]);
     await Deno.remove(dir, { recursive: true });
   }

@@ -42,16 +42,3 @@ export async function signedMessage(
   if (keyId !== undefined) headers["x-key-id"] = keyId;
   return { subject, data, headers };
 }
-
-/** Polls until `check()` is truthy; fails with `what` after `timeoutMs`. */
-export async function until(
-  check: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 5_000,
-): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!(await check())) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}

@@ -15,9 +15,16 @@ import {
 import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
 import { Client, defaultConfig } from "../sdk/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
-import { barStreamName, Reverb } from "../reverb/mod.ts";
+import {
+  barStreamName,
+  renderReverbMetrics,
+  Reverb,
+  type ReverbHttpServer,
+  serveReverbHttp,
+} from "../reverb/mod.ts";
 import { startNatsServer } from "./nats_server.ts";
-import { hlcAt, makeClaim, signedMessage, until } from "./reverb_helpers.ts";
+import { hlcAt, makeClaim, signedMessage } from "./reverb_helpers.ts";
+import { until } from "./until.ts";
 
 const TEMPO = 240;
 const BEAT_MS = 60_000 / TEMPO;
@@ -180,8 +187,7 @@ Deno.test("reverb on NATS reports a scripted bar right and rejects every bad cla
     });
     await until(
       () => scripted !== undefined && bars.some((s) => s.report.from_beat === scripted),
-      "the scripted bar's report",
-      10_000,
+      { what: "the scripted bar's report", timeoutMs: 10_000 },
     );
     const report = bars.find((s) => s.report.from_beat === scripted)!.report;
     assert.equal(report.to_beat, scripted! + 3);
@@ -226,12 +232,13 @@ Deno.test("reverb on NATS reports a scripted bar right and rejects every bad cla
     // Still alive: the next bar is reported too.
     await until(
       () => bars.some((s) => s.report.from_beat === scripted! + 4),
-      "the next report",
-      5_000,
+      { what: "the next report", timeoutMs: 5_000 },
     );
     assert.equal(reverb.status().active, true);
     assert.ok(
-      reverb.metricsText().includes('backbeat_reverb_claims_rejected_total{reason="replay"} 1'),
+      renderReverbMetrics(reverb.metrics()).includes(
+        'backbeat_reverb_claims_rejected_total{reason="replay"} 1',
+      ),
     );
   } finally {
     stopBeats();
@@ -313,10 +320,12 @@ Deno.test("reverb on NATS follows a key rotation: an expiring key flags the bar,
     });
     await until(
       () => rotated && reverb.keyring.get("rot", "new") !== undefined,
-      "the keyring reload",
-      5_000,
+      { what: "the keyring reload", timeoutMs: 5_000 },
     );
-    await until(() => bars.some((s) => s.report.from_beat === b1! + 12), "four more bars", 10_000);
+    await until(() => bars.some((s) => s.report.from_beat === b1! + 12), {
+      what: "four more bars",
+      timeoutMs: 10_000,
+    });
     const at = (from: number) => bars.find((s) => s.report.from_beat === from)!.report;
     const flagged = at(b1!);
     assert.equal(
@@ -355,11 +364,15 @@ Deno.test("a restarted reverb replays its history from the JetStream stream; no 
   const bars = watchBars(watchBus, cluster);
   let busB: NatsBusLike | undefined;
   let reverbB: Reverb | undefined;
+  let httpB: ReverbHttpServer | undefined;
   const reverbA = new Reverb({ clusterId: cluster, bus: busA, graceMs: 100, id: "rv-a" });
   try {
     await pulse.start();
     await reverbA.start();
-    await until(() => reverbA.reports.length >= 3, "three reports from the first reverb", 10_000);
+    await until(() => reverbA.reports.length >= 3, {
+      what: "three reports from the first reverb",
+      timeoutMs: 10_000,
+    });
     await reverbA.stop();
     await busA.close();
     const published = bars.map((s) => s.report.window_id);
@@ -371,25 +384,27 @@ Deno.test("a restarted reverb replays its history from the JetStream stream; no 
       bus: busB,
       graceMs: 100,
       id: "rv-b",
-      http: { port: 0 },
     });
     await reverbB.start();
+    httpB = serveReverbHttp(reverbB, { port: 0 });
     // Straight after start, before any new window closes, the history is back.
     assert.deepEqual(reverbB.reports.map((r) => r.window_id), published);
-    const res = await fetch(`http://127.0.0.1:${reverbB.httpAddr!.port}/api/v1/bars?limit=100`);
+    const res = await fetch(`${httpB.url}/api/v1/bars?limit=100`);
     const api = await res.json();
     assert.deepEqual(api.reports.map((r: BarReport) => r.window_id), [...published].reverse());
     assert.equal(reverbB.status().stream?.name, barStreamName(cluster));
 
     // And it carries on: its next report lands in the stream and the history alike.
     const before = bars.length;
-    await until(() => bars.length > before, "a report from the restarted reverb", 5_000);
+    await until(() => bars.length > before, {
+      what: "a report from the restarted reverb",
+      timeoutMs: 5_000,
+    });
     const next = bars[bars.length - 1];
     assert.equal(next.reverbId, "rv-b");
     await until(
       () => reverbB!.reports.at(-1)?.window_id === next.report.window_id,
-      "history",
-      2_000,
+      { what: "history", timeoutMs: 2_000 },
     );
     const { jetstreamManager } = await import("@nats-io/jetstream");
     const jsm = await jetstreamManager(watchBus.connection as never);
@@ -399,6 +414,7 @@ Deno.test("a restarted reverb replays its history from the JetStream stream; no 
     await pulse.stop();
     await reverbA.stop();
     await reverbB?.stop();
+    await httpB?.shutdown();
     await Promise.all([pulseBus.close(), watchBus.close(), busA.close(), busB?.close()]);
   }
 });
@@ -435,21 +451,19 @@ Deno.test("a standby reverb takes over within one bar when the active one is kil
   })();
   let becameActiveAt = 0;
   reverbB.addEventListener("role", (e) => {
-    if ((e as CustomEvent).detail.active) becameActiveAt = Date.now();
+    if (e.detail.active) becameActiveAt = Date.now();
   });
   try {
     await pulse.start();
     await until(
       () => log.join("").includes('"msg":"active aggregator"'),
-      "the first reverb to lead",
-      15_000,
+      { what: "the first reverb to lead", timeoutMs: 15_000 },
     );
     await reverbB.start();
     assert.equal(reverbB.status().active, false, "the second reverb stands by");
     await until(
       () => bars.filter((s) => s.reverbId === "rv-a").length >= 2,
-      "reports from rv-a",
-      10_000,
+      { what: "reports from rv-a", timeoutMs: 10_000 },
     );
     // Kill mid-bar.
     const t = pulse.timeline;
@@ -460,14 +474,13 @@ Deno.test("a standby reverb takes over within one bar when the active one is kil
     child.kill("SIGKILL");
     const killedAt = Date.now();
     await child.status;
-    await until(() => becameActiveAt > 0, "the standby to take over", 5_000);
+    await until(() => becameActiveAt > 0, { what: "the standby to take over", timeoutMs: 5_000 });
     const takeoverMs = becameActiveAt - killedAt;
     assert.ok(takeoverMs <= BAR_MS, `took over after ${takeoverMs} ms (one bar is ${BAR_MS} ms)`);
     const firstB = bars.length;
     await until(
       () => bars.slice(firstB).filter((s) => s.reverbId === "rv-b").length >= 2,
-      "reports from rv-b",
-      5_000,
+      { what: "reports from rv-b", timeoutMs: 5_000 },
     );
     const froms = [...new Set(bars.map((s) => s.report.from_beat))];
     for (let i = 1; i < froms.length; i++) {
@@ -515,7 +528,7 @@ Deno.test("reverb without JetStream keeps reporting on the core subject and says
       timer = setTimeout(tick, Math.max(0, timeline.dueAt(n) - Date.now()));
     };
     timer = setTimeout(tick, Math.max(0, timeline.dueAt(0) - Date.now()));
-    await until(() => bars.length >= 1, "a report on the core subject", 5_000);
+    await until(() => bars.length >= 1, { what: "a report on the core subject", timeoutMs: 5_000 });
     assert.equal(bars[0].report.from_beat, 0);
     assert.equal(bars[0].reverbId, reverb.id);
   } finally {

@@ -1,0 +1,132 @@
+import { PrometheusWriter } from "../service/mod.ts";
+import { REJECT_REASONS } from "./_intake.ts";
+import type { ReverbMetrics } from "./_reverb.ts";
+
+// The exposition shows a few bounds per decade; the histogram itself keeps ten per decade.
+const VERIFY_EXPORT_BOUNDS: readonly number[] = [
+  1e-5,
+  2.5e-5,
+  5e-5,
+  1e-4,
+  2.5e-4,
+  5e-4,
+  1e-3,
+  2.5e-3,
+  5e-3,
+  1e-2,
+  2.5e-2,
+  0.1,
+  1,
+];
+
+const REJECTED = "backbeat_reverb_claims_rejected_total";
+
+/**
+ * Renders reverb's metrics in the Prometheus text format (0.0.4).
+ *
+ * @param m A snapshot from {@linkcode Reverb.metrics}.
+ * @returns The exposition text.
+ *
+ * @example Render metrics
+ * ```ts
+ * import { renderReverbMetrics, Reverb } from "@chorus/backbeat/reverb";
+ * const reverb = new Reverb({ clusterId: "dev" });
+ * console.log(renderReverbMetrics(reverb.metrics()).includes("backbeat_reverb_active 0")); // true
+ * await reverb.stop();
+ * ```
+ */
+export function renderReverbMetrics(m: ReverbMetrics): string {
+  const text = new PrometheusWriter()
+    .counter("backbeat_reverb_claims_accepted_total", "Status claims accepted.", m.claimsAccepted)
+    .counter(
+      "backbeat_reverb_claims_signed_total",
+      "Accepted status claims that carried a verified signature.",
+      m.claimsSigned,
+    )
+    .histogram(
+      "backbeat_reverb_verify_seconds",
+      "Ed25519 signature verification time.",
+      m.verifyTime,
+      VERIFY_EXPORT_BOUNDS,
+    )
+    .counter(
+      "backbeat_reverb_reports_published_total",
+      "Bar reports published.",
+      m.reportsPublished,
+    )
+    .counter(
+      "backbeat_reverb_reports_invalid_total",
+      "Bar reports that failed schema validation and were not published.",
+      m.reportsInvalid,
+    )
+    .gauge(
+      "backbeat_reverb_report_lag_seconds",
+      "Delay of the last published report after its window's end plus grace.",
+      m.reportLagMs / 1000,
+    )
+    .gauge(
+      "backbeat_reverb_report_lag_max_seconds",
+      "Largest report delay after window end plus grace since start.",
+      m.reportLagMaxMs / 1000,
+    )
+    .gauge("backbeat_reverb_agents_tracked", "Agents tracked.", m.agentsTracked)
+    .counter(
+      "backbeat_reverb_agents_evicted_total",
+      "Agents evicted after silence.",
+      m.agentsEvicted,
+    )
+    .counter("backbeat_reverb_beats_observed_total", "Beat frames observed.", m.beatsObserved)
+    .counter(
+      "backbeat_reverb_frames_invalid_total",
+      "Beat frames that were not valid JSON or failed the schema.",
+      m.framesInvalid,
+    )
+    .counter(
+      "backbeat_reverb_frames_stale_total",
+      "Beat frames ignored because their beat_index was not above the highest seen.",
+      m.framesStale,
+    )
+    .counter(
+      "backbeat_reverb_timeline_restarts_total",
+      "Times the cluster's beat_index went back for two bars and reverb followed the new timeline.",
+      m.timelineRestarts,
+    )
+    .counter(
+      "backbeat_reverb_bars_skipped_total",
+      "Windows not reported after a stall.",
+      m.barsSkipped,
+    )
+    .gauge("backbeat_reverb_active", "1 when this reverb publishes reports.", m.active ? 1 : 0)
+    .gauge("backbeat_reverb_tempo_bpm", "Tempo of the latest beat.", m.tempoBpm)
+    .gauge(
+      "backbeat_reverb_tempo_drift_ms",
+      "Arrival of the latest beat minus its announced schedule (positive = behind).",
+      m.tempoDriftMs,
+    )
+    .counter(
+      "backbeat_reverb_verify_offloaded_total",
+      "Signatures verified in worker threads.",
+      m.verifyOffloaded,
+    )
+    .gauge("backbeat_reverb_verify_in_flight", "Signature verifications running.", m.verifyInFlight)
+    .gauge("backbeat_reverb_verify_queued", "Claims waiting for verification.", m.verifyQueued)
+    .gauge("backbeat_reverb_keyring_keys", "Keys in the keyring.", m.keyringKeys)
+    .counter(
+      "backbeat_reverb_keyring_reload_failures_total",
+      "Keyring reloads that failed (the previous keyring was kept).",
+      m.keyringReloadFailures,
+    )
+    .gauge(
+      "backbeat_reverb_history_stream_ready",
+      "1 when the JetStream history stream is open.",
+      m.historyStreamReady ? 1 : 0,
+    )
+    .toString();
+  // One family with a sample per reason: the writer heads every sample with its own HELP/TYPE.
+  const lines = [
+    `# HELP ${REJECTED} Status claims rejected, by reason.`,
+    `# TYPE ${REJECTED} counter`,
+  ];
+  for (const r of REJECT_REASONS) lines.push(`${REJECTED}{reason="${r}"} ${m.claimsRejected[r]}`);
+  return text + lines.join("\n") + "\n";
+}
