@@ -52,6 +52,7 @@ export {
   FrameStatus,
   FrameTracker,
   type FrameTrackerOptions,
+  type ObserveOptions,
   type TimelineAnchor,
   type TrackedFrame,
 } from "./_frame_tracker.ts";
@@ -65,6 +66,15 @@ export {
   HybridLogicalClock,
   parseHlc,
 } from "./_hlc.ts";
+export {
+  isKeyValidAt,
+  type KeyEntry,
+  Keyring,
+  type KeyringEntryJson,
+  type KeyringJson,
+  MAX_KEYRING_BYTES,
+  MAX_KEYRING_KEYS,
+} from "./_keyring.ts";
 export { type LogFields, type Logger, silentLogger } from "./_log.ts";
 export {
   type BackbeatMessage,

@@ -11,12 +11,12 @@ import {
   type Clock,
   DEFAULT_TEMPO_BPM,
   FrameTracker,
+  type KeyEntry,
   knownWindowId,
   type Phase,
   type StatusClaim,
   type Timeline,
 } from "../core/mod.ts";
-import type { KeyEntry } from "./_keyring.ts";
 import type { RejectReason } from "./_intake.ts";
 import {
   AgentMark,

@@ -2,8 +2,7 @@
 // the dashboard (plain files under ./dashboard, read relative to this module so they ship with
 // the published package). It serves a Reverb it is given; the reverb knows nothing of it.
 
-import type { BarReport, Clock, Logger } from "../core/mod.ts";
-import { silentLogger, SystemClock } from "../core/mod.ts";
+import { type BarReport, type Clock, type Logger, silentLogger, SystemClock } from "../core/mod.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../service/mod.ts";
 import type { BeatObservation } from "./_aggregate.ts";
 import { renderReverbMetrics } from "./_metrics.ts";

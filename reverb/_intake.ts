@@ -9,12 +9,14 @@ import {
   compareHlc,
   type Hlc,
   hlcPhysicalDiff,
+  isKeyValidAt,
+  type KeyEntry,
+  type Keyring,
   parseHlc,
   type StatusClaim,
   verifyPayload,
 } from "../core/mod.ts";
 import { Histogram, logBuckets } from "../service/mod.ts";
-import { isKeyValidAt, type KeyEntry, type Keyring } from "./_keyring.ts";
 import { VerifyPool } from "./_verify_pool.ts";
 
 /** Why a claim was rejected. */

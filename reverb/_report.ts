@@ -2,9 +2,8 @@
 // so the report's rules (which issues, in which priority, capped how, worded how) are tested
 // without a clock, a bus or an aggregator.
 
-import type { BarReport, BarReportIssue, ClaimState, IssueKind } from "../core/mod.ts";
+import type { BarReport, BarReportIssue, ClaimState, IssueKind, KeyEntry } from "../core/mod.ts";
 import type { RejectReason } from "./_intake.ts";
-import type { KeyEntry } from "./_keyring.ts";
 
 /** What an agent did in a window, as bit flags (a window keeps one number per agent). */
 export const AgentMark = {

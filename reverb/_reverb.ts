@@ -14,6 +14,7 @@ import {
   type ClusterSubjects,
   InMemoryBus,
   IsolatedEventTarget,
+  Keyring,
   type Logger,
   parseInstant,
   silentLogger,
@@ -29,7 +30,7 @@ import {
   openKvLease,
 } from "../nats/mod.ts";
 import { decodeBeatFrame, defaultMessageValidator, type MessageValidator } from "../schemas/mod.ts";
-import type { HistogramSnapshot } from "../service/mod.ts";
+import { type HistogramSnapshot, KeyringWatcher } from "../service/mod.ts";
 import {
   type AgentView,
   BarAggregator,
@@ -45,7 +46,6 @@ import {
   DEFAULT_MAX_QUEUED,
   type RejectReason,
 } from "./_intake.ts";
-import { Keyring, KeyringWatcher } from "./_keyring.ts";
 import type { BarStream } from "./_stream.ts";
 
 /** Default for {@linkcode ReverbOptions.maxClaimAgeBeats} (the CLI's default too). */

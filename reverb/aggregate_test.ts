@@ -4,6 +4,7 @@ import {
   type BeatFrame,
   generateSigningKeyPair,
   HybridLogicalClock,
+  Keyring,
   knownWindowId,
   ManualClock,
   type StatusClaim,
@@ -13,7 +14,6 @@ import {
 import { MessageValidator } from "../schemas/mod.ts";
 import { hlcAt, makeClaim } from "../tests/reverb_helpers.ts";
 import { BarAggregator, type BarAggregatorOptions, type WindowInfo } from "./_aggregate.ts";
-import { Keyring } from "./_keyring.ts";
 
 const T0 = Date.parse("2030-01-01T00:00:00Z");
 const CLUSTER = "agg-test";

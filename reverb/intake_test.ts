@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import {
   type GeneratedKeyPair,
   generateSigningKeyPair,
+  type KeyEntry,
+  Keyring,
   ManualClock,
   type StatusClaim,
 } from "../core/mod.ts";
@@ -13,7 +15,6 @@ import {
   REJECT_REASONS,
   type RejectReason,
 } from "./_intake.ts";
-import { type KeyEntry, Keyring } from "./_keyring.ts";
 
 const validator = new MessageValidator();
 const T0 = Date.parse("2030-01-01T00:00:00Z");

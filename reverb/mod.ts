@@ -56,7 +56,7 @@ export { renderReverbMetrics } from "./_metrics.ts";
 export { type ReverbHttpOptions, type ReverbHttpServer, serveReverbHttp } from "./_http.ts";
 export type { AgentView, BeatObservation } from "./_aggregate.ts";
 export { RejectReason } from "./_intake.ts";
-export { type KeyEntry, Keyring, type KeyringEntryJson, type KeyringJson } from "./_keyring.ts";
+export { type KeyEntry, Keyring, type KeyringEntryJson, type KeyringJson } from "../core/mod.ts";
 // Types of the other entrypoints that reverb's API refers to (the values live in
 // @chorus/backbeat/sdk and @chorus/backbeat/schemas).
 export type {

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
-import type { BarReport } from "../core/mod.ts";
+import type { BarReport, KeyEntry } from "../core/mod.ts";
 import { MessageValidator } from "../schemas/mod.ts";
-import type { KeyEntry } from "./_keyring.ts";
 import {
   AgentMark,
   type BarReportInput,

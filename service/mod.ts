@@ -23,6 +23,12 @@ export {
   parseHostPort,
   parseNumber,
 } from "./_flags.ts";
+export {
+  type KeyringReloadDetail,
+  KeyringWatcher,
+  type KeyringWatcherEventMap,
+  type KeyringWatcherOptions,
+} from "./_keyring_watcher.ts";
 export { JsonLogger, type JsonLoggerOptions, LOG_LEVELS, LogLevel, parseLogLevel } from "./_log.ts";
 export {
   DEFAULT_LATENCY_BOUNDS_SECONDS,

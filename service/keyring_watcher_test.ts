@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
-import { BackbeatError, generateSigningKeyPair, ManualClock } from "../core/mod.ts";
+import {
+  BackbeatError,
+  generateSigningKeyPair,
+  isKeyValidAt,
+  Keyring,
+  ManualClock,
+} from "../core/mod.ts";
 import { until } from "../tests/until.ts";
-import { isKeyValidAt, Keyring, KeyringWatcher, type KeyringWatcherEventMap } from "./_keyring.ts";
+import { KeyringWatcher, type KeyringWatcherEventMap } from "./_keyring_watcher.ts";
 
 Deno.test("Keyring.fromJson() loads keys per agent with their validity periods", async () => {
   const a = await generateSigningKeyPair();
