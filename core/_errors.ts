@@ -16,6 +16,8 @@ export const ErrorCode = {
   ClockOffset: "clock_offset",
   /** A connection could not be made or was lost. */
   Connection: "connection",
+  /** The server refused the credentials (wrong password, unknown user, bad token or key). */
+  Auth: "auth",
   /** A signing key could not be imported or used. */
   Key: "key",
   /** A leadership lease was lost or could not be taken. */

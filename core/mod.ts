@@ -90,6 +90,15 @@ export {
   type StatusClaim,
 } from "./_messages.ts";
 export {
+  readSigningKeyFile,
+  type SignatureCheck,
+  SignatureFailure,
+  type SignatureHeaders,
+  signMessage,
+  verifySigned,
+  type VerifySignedOptions,
+} from "./_signed.ts";
+export {
   exportPublicKey,
   type GeneratedKeyPair,
   generateSigningKeyPair,
