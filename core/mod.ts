@@ -89,6 +89,7 @@ export {
   PHASES,
   type StatusClaim,
 } from "./_messages.ts";
+export { Rejections, type RejectionsOptions } from "./_rejections.ts";
 export {
   readSigningKeyFile,
   type SignatureCheck,
