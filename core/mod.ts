@@ -40,6 +40,12 @@ export {
   type SystemClockOptions,
 } from "./_clock.ts";
 export {
+  type ClockEstimate,
+  ClockEstimator,
+  type ClockEstimatorOptions,
+  type TimeSample,
+} from "./_clock_sync.ts";
+export {
   BackbeatError,
   type BackbeatErrorOptions,
   BeatBudgetExceededError,
@@ -134,6 +140,7 @@ export {
   type TimelineSegment,
 } from "./_timeline.ts";
 export { withTimeout } from "./_timeout.ts";
+export { sharedWakeScheduler, WakeScheduler } from "./_wake.ts";
 export {
   cachedWindowId,
   knownWindowId,
