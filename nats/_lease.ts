@@ -1,6 +1,6 @@
 // A leadership lease in NATS JetStream KV, shared by pulse and reverb for their high availability.
 // Loaded only through a dynamic import on the NATS path, so embedded users never load the KV client.
-import { jetstream, JetStreamApiError } from "@nats-io/jetstream";
+import { jetstream, JetStreamApiError, jetstreamManager } from "@nats-io/jetstream";
 import { type KV, Kvm, KvWatchInclude } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/nats-core";
 import { DEFAULT_LEASE_TTL_MS, type NatsBusLike } from "./_options.ts";
@@ -8,6 +8,9 @@ import { BackbeatError, type Clock, IsolatedEventTarget, SystemClock } from "../
 
 /** Default for {@linkcode KvLeaseOptions.key}. */
 export const DEFAULT_LEASE_KEY = "leader";
+
+/** Most replicas a JetStream stream (and so a KV bucket) can have. */
+const MAX_REPLICAS = 5;
 
 /** Detail of the `acquired` and `lost` events of a {@linkcode KvLease}. */
 export interface LeaseEventDetail {
@@ -53,6 +56,13 @@ export interface KvLeaseOptions {
   holderId: string;
   /** Lease time to live in ms (50 to 60000). @default {600} */
   ttlMs?: number;
+  /**
+   * Copies of the bucket JetStream keeps (1 to 5): 1 on a single server, 3 on a cluster of 3
+   * or more, so the lease outlives a node. An existing bucket with fewer replicas is scaled up
+   * to this; one with more is left as it is (another contender, or the operator, asked for
+   * them). @default {1}
+   */
+  replicas?: number;
   /** How often the holder renews, in ms. @default {ttlMs / 4} */
   renewIntervalMs?: number;
   /** How often a contender checks the key, in ms. @default {ttlMs / 12, at least 10} */
@@ -177,7 +187,7 @@ export class KvLease extends IsolatedEventTarget<KvLeaseEventMap> {
    * @param options Bus, bucket, key, holder id, timings.
    * @returns The lease.
    * @throws {TypeError} On a bad bucket, key, holder id or bus.
-   * @throws {RangeError} On timings out of range.
+   * @throws {RangeError} On timings or replicas out of range.
    * @throws {BackbeatError} `connection` when the bucket cannot be opened.
    */
   static async open(options: KvLeaseOptions): Promise<KvLease> {
@@ -192,6 +202,12 @@ export class KvLease extends IsolatedEventTarget<KvLeaseEventMap> {
     if (!KEY.test(key)) throw new TypeError(`Invalid lease key ${JSON.stringify(key)}`);
     if (typeof options.holderId !== "string" || options.holderId.length === 0) {
       throw new TypeError("Invalid holderId: expected a non-empty string");
+    }
+    const replicas = options.replicas ?? 1;
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+      throw new RangeError(
+        `Invalid replicas ${options.replicas}: expected an integer from 1 to ${MAX_REPLICAS}`,
+      );
     }
     const ttl = options.ttlMs ?? DEFAULT_LEASE_TTL_MS;
     if (!(ttl >= 50 && ttl <= 60_000)) {
@@ -210,9 +226,34 @@ export class KvLease extends IsolatedEventTarget<KvLeaseEventMap> {
     try {
       // A request timeout above the TTL: a slow reply must not be mistaken for a lost lease.
       const js = jetstream(nc, { timeout: Math.max(1000, 2 * ttl) });
-      const kv = await new Kvm(js).create(options.bucket, { history: 1 });
+      // `replicas` applies when the bucket is created; an older, smaller one is scaled up, or
+      // a cluster upgrade would keep a lease that dies with one node.
+      const kv = await new Kvm(js).create(options.bucket, { history: 1, replicas });
+      if (replicas > 1) {
+        const status = await kv.status();
+        if (status.replicas < replicas) {
+          // Fatal, not silently R1: the operator asked for copies that outlive a node.
+          try {
+            // No API probe: a role user may lack $JS.API.INFO.
+            const jsm = await jetstreamManager(nc, {
+              timeout: Math.max(1000, 2 * ttl),
+              checkAPI: false,
+            });
+            await jsm.streams.update(status.streamInfo.config.name, { num_replicas: replicas });
+          } catch (cause) {
+            throw new BackbeatError(
+              "connection",
+              `Cannot open KV bucket ${options.bucket}: it has ${status.replicas} replica(s), and scaling it to ${replicas} failed: ${
+                (cause as Error).message
+              }`,
+              { cause },
+            );
+          }
+        }
+      }
       return new KvLease(kv, options);
     } catch (cause) {
+      if (cause instanceof BackbeatError) throw cause;
       throw new BackbeatError(
         "connection",
         `Cannot open KV bucket ${options.bucket}: ${(cause as Error).message}`,

@@ -1,6 +1,6 @@
 // Loaded only through connectNatsBus()'s dynamic import: the embedded path never pulls nats.js in.
 import {
-  connect,
+  errors as natsErrors,
   headers as natsHeaders,
   type Msg,
   type NatsConnection,
@@ -20,12 +20,47 @@ import {
   type PublishOptions,
   type SubscribeOptions,
 } from "../core/mod.ts";
+import { resolveSecurity } from "./_auth.ts";
 import { Backoff } from "./_backoff.ts";
 import {
   DEFAULT_MAX_RECONNECT_WAIT_MS,
   type NatsBusLike,
   type NatsBusOptions,
 } from "./_options.ts";
+import { type ConnectionPlan, planConnection } from "./_settings.ts";
+import { connectNats } from "./_transport.ts";
+
+const DEFAULT_TIMEOUT_MS = 5000;
+
+/**
+ * Why a connect failed, in a few words for `Cannot connect to <url>: <reason>`. nats.js's own
+ * messages carry no secret (credentials never reach it inside URLs), but some are terse.
+ */
+function connectFailure(cause: unknown, plan: ConnectionPlan, timeoutMs: number): string {
+  if (cause instanceof natsErrors.AuthorizationError) return "authorization violation";
+  if (cause instanceof natsErrors.UserAuthenticationExpiredError) {
+    return "user authentication expired";
+  }
+  if (cause instanceof natsErrors.TimeoutError) {
+    // A server that verifies client certificates closes the connection after the handshake,
+    // which nats.js only notices when its timeout fires.
+    return plan.requireTls && plan.certFile === undefined
+      ? `no answer within ${timeoutMs} ms (does the server require a client certificate?)`
+      : `no answer within ${timeoutMs} ms`;
+  }
+  const message = cause instanceof Error ? cause.message : String(cause);
+  if (message === "server does not support 'tls'") {
+    return "the server does not offer TLS, and TLS is required";
+  }
+  if (/certificate|tls|ssl|handshake|alert/i.test(message)) {
+    // The usual first mistake: a private CA without caFile.
+    const hint = plan.caFile === undefined && /verify|self[- ]signed|issuer/i.test(message)
+      ? " (the server's certificate is not signed by a trusted CA: give its CA file)"
+      : "";
+    return `TLS failed: ${message}${hint}`;
+  }
+  return message === "" ? "unknown error" : message.replace(/\.$/, "");
+}
 
 class NatsSubscription implements BusSubscription {
   readonly subject: string;
@@ -75,38 +110,43 @@ export class NatsBus extends IsolatedEventTarget<BusEventMap> implements NatsBus
   /**
    * Connects to NATS.
    *
-   * @param options Servers, credentials, reconnect policy.
+   * @param options Servers, credentials, TLS, reconnect policy.
    * @returns The bus.
-   * @throws {BackbeatError} `connection` when the connect fails.
+   * @throws {TypeError} On bad options (see `planConnection()`).
+   * @throws {BackbeatError} `connection` when a file cannot be used or the connect fails, as
+   * `Cannot connect to <redacted url>: <reason>`.
    */
   static async connect(options: NatsBusOptions): Promise<NatsBus> {
+    const plan = planConnection(options);
+    const security = await resolveSecurity(plan);
     const backoff = new Backoff(
       options.reconnectTimeWait ?? 250,
       options.maxReconnectWait ?? DEFAULT_MAX_RECONNECT_WAIT_MS,
     );
-    const servers = Array.isArray(options.servers) ? options.servers : [options.servers];
-    if (servers.length === 0 || servers.some((s) => typeof s !== "string" || s === "")) {
-      throw new TypeError("Cannot connect to NATS: no server URL given");
-    }
+    const timeout = options.timeout ?? DEFAULT_TIMEOUT_MS;
+    const where = plan.shown.join(", ");
     try {
-      const nc = await connect({
-        servers,
+      const nc = await connectNats({
+        // Without credentials: nats.js 3 ignores them in URLs (and reads digits after
+        // "user:" as the port); they travel in the authenticator.
+        servers: [...plan.servers],
         name: options.name ?? "backbeat",
-        user: options.user,
-        pass: options.pass,
-        token: options.token,
+        authenticator: security.authenticator,
+        tls: security.tls,
+        inboxPrefix: plan.inboxPrefix,
+        noRandomize: options.noRandomize ?? false,
         maxReconnectAttempts: options.maxReconnectAttempts ?? -1,
         reconnectTimeWait: options.reconnectTimeWait ?? 250,
         reconnectDelayHandler: backoff.delay,
-        timeout: options.timeout ?? 5000,
+        timeout,
         waitOnFirstConnect: options.waitOnFirstConnect ?? false,
       });
-      return new NatsBus(nc, servers[0], backoff);
+      return new NatsBus(nc, plan.redacted[0], backoff);
     } catch (cause) {
       throw new BackbeatError(
         "connection",
-        `Cannot connect to NATS at ${servers.join(", ")}: ${(cause as Error).message}`,
-        { cause },
+        `Cannot connect to ${where}: ${connectFailure(cause, plan, timeout)}`,
+        { cause, detail: { servers: [...plan.redacted] } },
       );
     }
   }
@@ -219,6 +259,16 @@ export class NatsBus extends IsolatedEventTarget<BusEventMap> implements NatsBus
   }
 
   async #watch(): Promise<void> {
+    try {
+      await this.#follow();
+    } catch (error) {
+      // The status iterator does not fail today; if it ever does, say so instead of leaving an
+      // unhandled rejection behind.
+      this.#error(`NATS status feed ended: ${(error as Error)?.message}`, error);
+    }
+  }
+
+  async #follow(): Promise<void> {
     for await (const s of this.connection.status()) {
       switch (s.type) {
         case "disconnect":

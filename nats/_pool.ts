@@ -1,7 +1,8 @@
-// Clients in one process share one NATS connection per (server URL, credentials): a refcounted
-// cache, closed (drained) when its last client stops.
+// Clients in one process share one NATS connection per (server URLs, credentials, TLS): a
+// refcounted cache, closed (drained) when its last client stops.
 import { connectNatsBus } from "./_connect.ts";
 import type { NatsBusLike, NatsConnectionOptions } from "./_options.ts";
+import { planConnection } from "./_settings.ts";
 
 interface Entry {
   refs: number;
@@ -18,21 +19,45 @@ export interface NatsLease {
   release(): Promise<void>;
 }
 
-function keyOf(url: string, options: NatsConnectionOptions): string {
-  return JSON.stringify([url, options.user ?? null, options.pass ?? null, options.token ?? null]);
+// Everything that decides where and as whom a connection logs in (and its inbox prefix, which
+// permissions may depend on); the name and the reconnect policy do not split the pool. The key
+// holds secrets and stays in this module's map.
+function keyOf(url: string | readonly string[], options: NatsConnectionOptions): string {
+  const plan = planConnection({ ...options, servers: typeof url === "string" ? url : [...url] });
+  return JSON.stringify([
+    plan.servers,
+    plan.auth,
+    plan.requireTls,
+    plan.caFile ?? null,
+    plan.certFile ?? null,
+    plan.keyFile ?? null,
+    plan.inboxPrefix ?? null,
+  ]);
 }
 
 /**
  * Takes a lease on the process's connection to `url` with these credentials, connecting on
  * first use.
  *
- * @param url The server URL.
- * @param options Credentials and reconnect policy (used by the first lease only).
+ * @param url The server URL, or the URLs of a cluster's nodes.
+ * @param options Credentials, TLS and reconnect policy (the reconnect policy and the name of
+ * the first lease win).
  * @returns The lease.
+ * @throws {TypeError} On bad options, as `connectNatsBus()`.
  * @throws {BackbeatError} `connection` when the connection cannot be made.
+ *
+ * @example Share one connection between two clients
+ * ```ts ignore
+ * import { leaseNatsBus } from "@chorus/backbeat/nats";
+ * const a = await leaseNatsBus("nats://127.0.0.1:4222");
+ * const b = await leaseNatsBus("nats://127.0.0.1:4222");
+ * console.log(a.bus === b.bus); // true
+ * await a.release();
+ * await b.release(); // the last release closes the connection
+ * ```
  */
 export async function leaseNatsBus(
-  url: string,
+  url: string | readonly string[],
   options: NatsConnectionOptions = {},
 ): Promise<NatsLease> {
   const key = keyOf(url, options);
@@ -44,7 +69,10 @@ export async function leaseNatsBus(
     entry = pool.get(key);
   }
   if (!entry) {
-    entry = { refs: 0, bus: connectNatsBus({ ...options, servers: url }) };
+    entry = {
+      refs: 0,
+      bus: connectNatsBus({ ...options, servers: typeof url === "string" ? url : [...url] }),
+    };
     pool.set(key, entry);
   }
   const held = entry;

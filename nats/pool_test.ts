@@ -49,3 +49,28 @@ Deno.test("leaseNatsBus() leaves nothing in the pool when the connect fails", as
   );
   assert.deepEqual(natsPoolStats(), { connections: 0, leases: 0 });
 });
+
+Deno.test("leaseNatsBus() keys on the login, wherever it is written, and takes URL lists", async () => {
+  await using server = await startNatsServer({ jetstream: false });
+  const host = `127.0.0.1:${server.port}`;
+  // A server without auth accepts any user; the pool must still tell logins apart.
+  const inUrl = await leaseNatsBus(`nats://u:p@${host}`);
+  const inOptions = await leaseNatsBus(`nats://${host}`, { user: "u", pass: "p" });
+  const listed = await leaseNatsBus([`nats://${host}`], { user: "u", pass: "p" });
+  const otherUser = await leaseNatsBus(`nats://${host}`, { user: "v", pass: "p" });
+  try {
+    assert.equal(inUrl.bus, inOptions.bus);
+    assert.equal(listed.bus, inOptions.bus);
+    assert.notEqual(otherUser.bus, inUrl.bus);
+    assert.equal(inUrl.bus.url, `nats://u:***@${host}`);
+    assert.deepEqual(natsPoolStats(), { connections: 2, leases: 4 });
+    await assert.rejects(leaseNatsBus(`nats://${host}`, { user: "u", token: "t" }), TypeError);
+    assert.deepEqual(natsPoolStats(), { connections: 2, leases: 4 });
+  } finally {
+    await inUrl.release();
+    await inOptions.release();
+    await listed.release();
+    await otherUser.release();
+  }
+  assert.deepEqual(natsPoolStats(), { connections: 0, leases: 0 });
+});
