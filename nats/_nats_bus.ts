@@ -143,8 +143,11 @@ export class NatsBus extends IsolatedEventTarget<BusEventMap> implements NatsBus
       });
       return new NatsBus(nc, plan.redacted[0], backoff);
     } catch (cause) {
+      // A refused login is its own code, so a program can tell it from a network failure.
+      const refused = cause instanceof natsErrors.AuthorizationError ||
+        cause instanceof natsErrors.UserAuthenticationExpiredError;
       throw new BackbeatError(
-        "connection",
+        refused ? "auth" : "connection",
         `Cannot connect to ${where}: ${connectFailure(cause, plan, timeout)}`,
         { cause, detail: { servers: [...plan.redacted] } },
       );

@@ -73,7 +73,7 @@ function assertNoSecretInOptions(bus: NatsBusLike, secrets: readonly string[]): 
 }
 
 /**
- * Asserts a refused connect: a `connection` BackbeatError with exactly `message`, within
+ * Asserts a refused connect: an `auth` (refused login) or `connection` BackbeatError with exactly `message`, within
  * {@linkcode FAST_MS} (unless `slowMs`), and no secret in its message or detail.
  */
 async function refused(
@@ -92,7 +92,9 @@ async function refused(
   }
   const ms = performance.now() - t0;
   assert.ok(caught instanceof BackbeatError, `expected a BackbeatError, got ${caught}`);
-  assert.equal(caught.code, "connection");
+  // A refused login has its own code; anything else (TLS, an unreadable file) is "connection".
+  const login = /authorization violation|authentication expired/.test(caught.message);
+  assert.equal(caught.code, login ? "auth" : "connection");
   assertNoSecret(caught.message, secrets);
   assertNoSecret(JSON.stringify(caught.detail ?? {}), secrets);
   if (typeof message === "string") assert.equal(caught.message, message);
