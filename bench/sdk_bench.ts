@@ -1,13 +1,23 @@
 // SDK benchmark: end-to-end beat latency (pulse's publish instant, carried in `x-pulse-sent`, to
 // callback entry) on a real nats-server at 600 BPM, for one client and for 1,000 clients in 4
 // processes (250 each on one shared connection), each beside raw nats.js subscribers of the same
-// topology measured in the same run; then the cost of emitStatusClaim, unsigned and signed.
+// topology measured in the same run; then the cost of emitStatusClaim, unsigned and signed, and
+// the cost of a frame in the SDK with and without `pulseKeys` (signature verification).
 // Results go to the `## SDK` section of bench/RESULTS.md.
 //
 //   deno run -A bench/sdk_bench.ts [--seconds 30] [--clients 1000] [--procs 4] [--no-write]
+//   deno run -A bench/sdk_bench.ts --only verify     # the frame verification cost alone, printed
 //
 // Worker mode (spawned by the coordinator): --worker sdk|raw --count N --url U --seconds S
-import { Client, connectNatsBus, defaultConfig, generateSigningKeyPair } from "../mod.ts";
+import {
+  Client,
+  connectNatsBus,
+  defaultConfig,
+  generateSigningKeyPair,
+  InMemoryBus,
+  Keyring,
+} from "../mod.ts";
+import { signMessage, subjects, Timeline } from "../core/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
 import { startNatsServer } from "../tests/nats_server.ts";
 
@@ -244,11 +254,120 @@ async function claimCost(url: string): Promise<{ unsigned: ClaimCost; signed: Cl
   return { unsigned, signed };
 }
 
+interface FrameCost {
+  /** µs per frame, frames published in bursts of 200 (checks in flight together). */
+  burst: number;
+  /** µs per frame, each published once the previous one was delivered. */
+  serial: number;
+}
+
+/**
+ * The SDK's cost of a frame, per process, from the bus handing it over to the last client's
+ * callback: gate (size, JSON, schema), the tracker, and with `pulseKeys` the Ed25519 check
+ * (once per frame for all clients sharing the keyring). In-process (an InMemoryBus), so the
+ * network is not in the figure.
+ */
+async function verifyCost(): Promise<
+  { clients: number; off: FrameCost; on: FrameCost }[]
+> {
+  const pair = await generateSigningKeyPair();
+  const key = { privateKey: pair.keyPair.privateKey, publicKey: pair.publicKey, keyId: pair.keyId };
+  const keyring = await Keyring.fromJson({
+    pulse: [{ key_id: pair.keyId, public_key: pair.publicKey }],
+  });
+  const cluster = "bench-verify";
+  const subject = subjects(cluster).beat;
+  const timeline = new Timeline({ originTime: Date.now(), tempoBpm: 60 });
+  const enc = new TextEncoder();
+  const frames = async (n: number) => {
+    const out: { data: Uint8Array; headers: Record<string, string> }[] = [];
+    for (let i = 0; i < n; i++) {
+      const data = enc.encode(JSON.stringify(await timeline.frame(cluster, i, "0000:0000:0000")));
+      out.push({ data, headers: await signMessage(key, "backbeat.beatframe.v1", cluster, data) });
+    }
+    return out;
+  };
+  const BURST_FRAMES = 4_000;
+  const SERIAL_FRAMES = 1_000;
+  const signedBurst = await frames(BURST_FRAMES);
+  const signedSerial = await frames(SERIAL_FRAMES);
+  const measure = async (count: number, keys: boolean): Promise<FrameCost> => {
+    const run = async (
+      batch: { data: Uint8Array; headers: Record<string, string> }[],
+      step: number,
+    ): Promise<number> => {
+      const bus = new InMemoryBus({ maxPending: 100_000 });
+      const clients: Client[] = [];
+      let want = -1;
+      let reached: () => void = () => {};
+      for (let i = 0; i < count; i++) {
+        const c = defaultConfig();
+        c.clusterId = cluster;
+        c.agentId = `verify-${i}`;
+        c.bus = bus;
+        c.logger = quiet;
+        c.localDegradation = false;
+        if (keys) c.pulseKeys = keyring;
+        const client = new Client(c);
+        if (i === count - 1) {
+          client.onBeat((frame) => {
+            if (frame.beat_index === want) reached();
+          });
+        } else client.onBeat(() => {});
+        await client.start();
+        clients.push(client);
+      }
+      const t0 = performance.now();
+      for (let from = 0; from < batch.length; from += step) {
+        const chunk = batch.slice(from, from + step);
+        want = from + chunk.length - 1;
+        const done = new Promise<void>((r) => reached = r);
+        for (const m of chunk) bus.publish(subject, m.data, { headers: m.headers });
+        await done;
+      }
+      const us = ((performance.now() - t0) * 1000) / batch.length;
+      for (const c of clients) {
+        if (c.health().lastBeat !== batch.length - 1) throw new Error("a frame was not delivered");
+        await c.stop();
+      }
+      await bus.close();
+      return us;
+    };
+    await run(signedBurst.slice(0, 400), 200); // warm-up
+    return { burst: await run(signedBurst, 200), serial: await run(signedSerial, 1) };
+  };
+  const out = [];
+  for (const clients of [1, 100]) {
+    out.push({ clients, off: await measure(clients, false), on: await measure(clients, true) });
+  }
+  return out;
+}
+
+function verifyRows(rows: Awaited<ReturnType<typeof verifyCost>>): string {
+  const f = (x: number) => x.toFixed(1);
+  return rows.map((r) =>
+    `| ${r.clients} ${r.clients === 1 ? "client" : "clients"} | ${f(r.off.burst)} | ${
+      f(r.on.burst)
+    } | ${f(r.on.burst - r.off.burst)} | ${f(r.off.serial)} | ${f(r.on.serial)} | ${
+      f(r.on.serial - r.off.serial)
+    } |`
+  ).join("\n");
+}
+
+const VERIFY_TABLE_HEAD =
+  `| Clients in the process | burst, keys off | burst, keys on | on − off | one at a time, keys off | one at a time, keys on | on − off |
+|---|---|---|---|---|---|---|`;
+
 async function coordinator(): Promise<void> {
   const seconds = Number(flag("seconds", "30"));
   const clients = Number(flag("clients", "1000"));
   const procs = Number(flag("procs", "4"));
   const write = !Deno.args.includes("--no-write");
+  if (flag("only", "") === "verify") {
+    console.log(`Frame cost in the SDK, µs per frame per process:\n\n${VERIFY_TABLE_HEAD}`);
+    console.log(verifyRows(await verifyCost()));
+    return;
+  }
   const load = async () =>
     (await Deno.readTextFile("/proc/loadavg").catch(() => "? ? ?")).split(" ")[0];
   const loadBefore = await load();
@@ -268,6 +387,8 @@ async function coordinator(): Promise<void> {
     await pulse.stop();
     await bus.close();
   }
+  console.error("frame verification cost...");
+  const verify = await verifyCost();
   const loadAfter = await load();
   const f = (x: number) => x.toFixed(2);
   const row = (name: string, s: Stats) =>
@@ -321,6 +442,16 @@ ${row(`${clients} raw callbacks, ${procs} processes`, many.raw)}
   }** pipelined; signed (Ed25519, WebCrypto) **${
     claims.signed.awaited.toFixed(1)
   }** awaited and **${claims.signed.pipelined.toFixed(1)}** pipelined.
+
+Frame cost in the SDK with and without \`pulseKeys\`, µs per frame per process: from an
+in-process bus handing the frame over to the last client's callback (gate, tracker, and with keys
+the Ed25519 check, once per frame for all clients sharing the keyring), frames published in bursts
+of 200 (checks in flight together) and one at a time (each once the previous one was delivered).
+A verified frame skips the tracker's plausibility check (a few µs per client), so with many
+clients keys on can cost less than keys off.
+
+${VERIFY_TABLE_HEAD}
+${verifyRows(verify)}
 
 Load average (1 min) ${loadBefore} before the run and ${loadAfter} after it; on a shared machine
 other work inflates the tails of both columns alike.

@@ -8,18 +8,29 @@ import {
   cachedWindowId,
   type Clock,
   DEFAULT_BEATS_PER_BAR,
+  type FrameStatus,
   FrameTracker,
   HybridLogicalClock,
   importSigningKey,
   IsolatedEventTarget,
+  type Keyring,
+  type LogFields,
   type Logger,
+  Rejections,
   type SigningKey,
   type SigningKeyInput,
   subjects,
   SystemClock,
 } from "../core/mod.ts";
 import { type BudgetSource, type BudgetWatcher, runWithBeatBudget } from "./_budget.ts";
-import { type BeatFeed, type FeedFrame, type FeedListener, joinBeatFeed } from "./_beat_feed.ts";
+import {
+  type BeatFeed,
+  type FeedFrame,
+  type FeedListener,
+  type FeedRejection,
+  joinBeatFeed,
+} from "./_beat_feed.ts";
+import { copyPulseKeys, type PulseKeysInput, resolvePulseKeys } from "./_pulse_keys.ts";
 import { type Watchdogs, watchdogsOf } from "./_watchdog.ts";
 import {
   type ClientConfig,
@@ -100,7 +111,12 @@ export interface ClientEventMap {
   degraded: CustomEvent<DegradedEventDetail>;
   /** A real beat arrived again: synthetic beats end. */
   recovered: CustomEvent<RecoveredEventDetail>;
-  /** A failure nobody awaits: a callback or listener, a dropped frame, lost claims. */
+  /**
+   * A failure nobody awaits: a callback or listener that threw, lost claims (every one), a
+   * connection problem, synthetic beats that had to stop. Refused frames are not events (a
+   * hostile bus must not drive a listener): they are counted in `health().framesRejected` and
+   * logged at most every few seconds.
+   */
   error: ErrorEvent;
   /** The bus's connection state changed (the bus's own detail). */
   status: CustomEvent<BusStatusDetail>;
@@ -119,8 +135,9 @@ export type ClientState = typeof ClientState[keyof typeof ClientState];
 
 /** Wait at most this long for the bus to confirm claims while stopping. */
 const STOP_FLUSH_TIMEOUT_MS = 2_000;
-/** Log dropped stale frames at most this often. */
-const STALE_LOG_INTERVAL_MS = 10_000;
+
+/** Why a client refused a frame: the feed's reasons, or the tracker's. */
+type FrameRefusal = FeedRejection | Exclude<FrameStatus, "new" | "restart">;
 
 interface Entry {
   readonly fn: BeatCallback;
@@ -143,6 +160,18 @@ function checkInt(value: number, what: string, min: number, max: number): void {
   }
 }
 
+// One line for a log of rate-limited refusals: the first refusal with its detail, then a summary
+// of the counts since the previous line.
+function refusalLine(message: string, fields: LogFields | undefined): string {
+  const counts = fields?.counts as Record<string, number> | undefined;
+  if (counts !== undefined) {
+    const list = Object.entries(counts).map(([reason, n]) => `${n} ${reason}`).join(", ");
+    return `${message} since the last line: ${list}`;
+  }
+  const detail = fields?.detail === undefined ? "" : `: ${fields.detail}`;
+  return `${message} (${fields?.reason})${detail}; more are summarised every few seconds`;
+}
+
 function captureOf(options: boolean | EventListenerOptions | undefined): boolean {
   return typeof options === "boolean" ? options : Boolean(options?.capture);
 }
@@ -157,6 +186,31 @@ function busStatusDetail(event: Event): BusStatusDetail | undefined {
     : undefined;
 }
 
+// What the log says about a frame the tracker refused: enough to tell a forgery from a deposed
+// pulse, bounded (every field the gate passed is short).
+function refusalDetail(
+  status: FrameRefusal,
+  frame: BeatFrame,
+  previous: BeatFrame | undefined,
+): string {
+  const beat = `beat ${frame.beat_index}`;
+  const epoch = frame.epoch ?? 0;
+  switch (status) {
+    case "stale":
+      return `${beat} is not after the latest beat ${previous?.beat_index} (a duplicate, or a deposed pulse)`;
+    case "implausible":
+      return `${beat} at ${frame.tempo_bpm} BPM is not what the followed timeline has due now`;
+    case "old_epoch":
+      return `${beat} is of epoch ${epoch}, older than the followed epoch ${previous?.epoch ?? 0}`;
+    case "pending":
+      return `${beat} opens epoch ${epoch}: followed once a second frame of it agrees`;
+    case "unreadable":
+      return `${beat} has a deadline_at no clock can read (${frame.deadline_at})`;
+    default:
+      return beat;
+  }
+}
+
 // The listener registry of a client, for the SDK's own tests (not exported from mod.ts).
 let registryOf: (client: Client) => ListenerRegistry;
 
@@ -167,9 +221,15 @@ let registryOf: (client: Client) => ListenerRegistry;
  *
  * Events (besides the callbacks): `beat` and `downbeat` (`CustomEvent<BeatEventDetail>`),
  * `degraded` (`CustomEvent<DegradedEventDetail>`), `recovered`
- * (`CustomEvent<RecoveredEventDetail>`), `error` (`ErrorEvent`: failed callbacks, dropped
- * frames, lost claims), `status` (`CustomEvent<BusStatusDetail>`, the bus's); see
+ * (`CustomEvent<RecoveredEventDetail>`), `error` (`ErrorEvent`: failed callbacks, lost claims,
+ * connection trouble; refused frames are counted in `health().framesRejected` and logged
+ * rate-limited instead), `status` (`CustomEvent<BusStatusDetail>`, the bus's); see
  * {@linkcode ClientEventMap}. An event listener that throws is isolated like a callback.
+ *
+ * Frames are untrusted: each goes through the frame gate, the signature check when
+ * `config.pulseKeys` is set, and the client's frame tracker, which follows only a later beat of
+ * the timeline it follows or a timeline it moves to (a newer epoch, or a realignment after a run
+ * of agreeing frames); see docs/security.md.
  *
  * @example The reference usage, embedded
  * ```ts
@@ -205,6 +265,10 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
   readonly #givenBus: Bus | undefined;
   readonly #keyInput: SigningKeyInput | undefined;
   readonly #keyId: string | undefined;
+  readonly #pulseKeysInput: PulseKeysInput | undefined;
+  // Refused frames and lost claims: counted at once, logged rate-limited.
+  readonly #refusals: Rejections;
+  readonly #claimLosses: Rejections;
   readonly #latency: LatencyWindow;
   readonly #errors: ErrorRing;
   readonly #hlc: HybridLogicalClock;
@@ -222,6 +286,7 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
   #leaveFeed: (() => void) | undefined;
   #signal: AbortSignal | undefined;
   #key: SigningKey | undefined;
+  #pulseKeys: Keyring | undefined;
   #firstWindow = "";
 
   #beatCbs: readonly Entry[] = [];
@@ -229,13 +294,11 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
   readonly #budgets = new Set<BudgetWatcher>();
 
   #lastDelivered = -1;
-  #lastReal = -1;
   #current: BeatFrame | undefined;
   #currentAt = 0;
   #missed = 0;
-  #dropped = 0;
+  #verifiedFrames = 0;
   #callbackErrors = 0;
-  #lastStaleLog = -Infinity;
 
   #remoteHlc: string | undefined;
 
@@ -243,10 +306,18 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
   #degradedSince = 0;
   #syntheticCount = 0;
 
-  readonly #listener: FeedListener = {
-    frame: (f) => this.#onFrame(f),
-    invalid: (reason) => this.#onInvalid(reason),
-  };
+  readonly #listener: FeedListener = (() => {
+    // deno-lint-ignore no-this-alias
+    const client = this;
+    return {
+      // Read by the feed when the client joins, after start() resolved the keys.
+      get keyring(): Keyring | undefined {
+        return client.#pulseKeys;
+      },
+      frame: (f: FeedFrame, verified: boolean) => client.#onFrame(f, verified),
+      rejected: (reason: FeedRejection, detail: string) => client.#refuse(reason, detail),
+    };
+  })();
   readonly #budgetSource: BudgetSource = {
     add: (w) => {
       this.#budgets.add(w);
@@ -259,7 +330,8 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
    *
    * @param config From {@linkcode defaultConfig}, with `clusterId`, `agentId` and `natsUrl` or
    * `bus` set. The values are copied: later changes to the object have no effect.
-   * @throws {TypeError} On a missing or malformed cluster id, agent id, task id or transport.
+   * @throws {TypeError} On a missing or malformed cluster id, agent id, task id or transport, or
+   * `pulseKeys` that are neither a `Keyring` nor its JSON.
    * @throws {RangeError} On a numeric option out of range.
    */
   constructor(config: ClientConfig) {
@@ -304,11 +376,23 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
     this.#givenBus = config.bus;
     this.#keyInput = config.signingKey;
     this.#keyId = config.keyId;
+    this.#pulseKeysInput = copyPulseKeys(config.pulseKeys);
     this.#latency = new LatencyWindow(window);
     this.#errors = new ErrorRing(history);
     this.#hlc = new HybridLogicalClock({ clock: () => this.#clock.now() });
     this.#tracker = new FrameTracker({ beatsPerBarHint: bpb });
+    this.#refusals = new Rejections({
+      logger: this.#rateLimitedLog("invalid_frame", "warn"),
+      clock: this.#clock,
+      message: "Refused beat frames",
+    });
+    this.#claimLosses = new Rejections({
+      logger: this.#rateLimitedLog("claim", "error"),
+      clock: this.#clock,
+      message: "Lost status claims",
+    });
     this.#outbox = new ClaimOutbox({
+      clusterId: config.clusterId,
       subject: subjects(config.clusterId).status,
       agentId: config.agentId,
       taskId,
@@ -320,8 +404,24 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
       }),
       stamp: () => this.#stamp(),
       report: (kind, message, error, level) => this.#report(kind, message, error, level),
-      note: (kind, message) => this.#errors.push({ at: this.#clock.now(), kind, message }),
+      lost: (count, error) => {
+        // Every loss is an error event and counted; the log is rate-limited, as a client emitting
+        // each beat while disconnected for an hour would otherwise write a line per beat.
+        this.#claimLosses.add(error.code, { detail: error.message, count });
+        this.dispatchEvent(new ErrorEvent("error", { message: error.message, error }));
+      },
     });
+  }
+
+  // A logger for Rejections: its lines go to the client's logger at `level`, prefixed, and to
+  // lastErrors.
+  #rateLimitedLog(kind: string, level: "warn" | "error"): Logger {
+    const line = (message: string, fields?: LogFields) => {
+      const text = refusalLine(message, fields);
+      this.#errors.push({ at: this.#clock.now(), kind, message: text });
+      this.#logger[level](`[backbeat] ${text}`);
+    };
+    return { debug: line, info: line, warn: line, error: line };
   }
 
   /** The lifecycle state. */
@@ -374,6 +474,9 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
       if (signal?.aborted) throw aborted();
       if (this.#keyInput !== undefined) {
         this.#key = await importSigningKey(this.#keyInput, this.#keyId);
+      }
+      if (this.#pulseKeysInput !== undefined) {
+        this.#pulseKeys = await resolvePulseKeys(this.#pulseKeysInput);
       }
       this.#firstWindow = await cachedWindowId(this.clusterId, 0);
       if (this.#givenBus) {
@@ -446,6 +549,9 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
     }
     await this.#outbox.close(STOP_FLUSH_TIMEOUT_MS);
     await this.#teardown();
+    // The last summaries go out now; no timer outlives the client.
+    this.#refusals.stop();
+    this.#claimLosses.stop();
     this.#state = "stopped";
   }
 
@@ -536,51 +642,46 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
     };
   }
 
-  #onInvalid(reason: string): void {
+  #refuse(reason: FrameRefusal, detail: string): void {
     if (this.#state !== "running") return;
-    this.#dropped++;
-    this.#report("invalid_frame", `Dropped a beat frame: ${reason}`, undefined);
+    this.#refusals.add(reason, { detail });
   }
 
-  #onFrame(f: FeedFrame): void {
+  // Every frame goes through the tracker, which decides whether it is followed: a later beat of
+  // the followed timeline (`new`), or a timeline the client moves to (`restart`: a newer epoch
+  // vouched for by a pulse key or by a second agreeing frame, or a realignment after a run of
+  // agreeing frames). Everything else is refused and counted, and changes nothing.
+  #onFrame(f: FeedFrame, verified: boolean): void {
     if (this.#state !== "running") return;
     const frame = f.frame;
     const index = frame.beat_index;
     const now = this.#clock.now();
-    if (index <= this.#lastReal) {
-      // A deposed pulse still publishing, or a duplicate.
-      this.#dropped++;
-      if (now - this.#lastStaleLog >= STALE_LOG_INTERVAL_MS) {
-        this.#lastStaleLog = now;
-        this.#logger.warn(
-          `[backbeat] Dropped stale beat ${index} (last real beat ${this.#lastReal}): a deposed pulse or a duplicate`,
-        );
-      }
+    const previous = this.#tracker.last?.frame;
+    let status: FrameStatus;
+    try {
+      status = this.#tracker.observe(frame, now, { verified }).status;
+    } catch (error) {
+      // The tracker checks order, not shape; a frame the gate passed should not throw there.
+      this.#refuse("unreadable", `beat ${index} cannot be tracked: ${error}`);
       return;
     }
-    this.#lastReal = index;
+    if (status !== "new" && status !== "restart") {
+      this.#refuse(status, refusalDetail(status, frame, previous));
+      return;
+    }
+    if (verified) this.#verifiedFrames++;
     this.#remoteHlc = frame.hlc;
     if (this.#synthetic) this.#recover(index, now);
+    // A restart is another timeline: its beats owe nothing to the old one's numbering (it may
+    // start again at 0), and no gap between the two is a missed beat.
+    if (status === "restart") this.#lastDelivered = -1;
     // A beat already delivered synthetically is not delivered again.
     if (index > this.#lastDelivered) {
       const info: BeatInfo = { synthetic: false, at: now, sentAt: f.sentAt, headers: f.headers };
       this.#deliver(frame, info, now, true);
     }
     this.#armWatchdog(frame, now);
-    // Tracking serves degradation only: it runs once every client of the feed has had the beat,
-    // in frame order and before any timer, so the watchdog always finds it done.
-    if (this.#degradeOn) queueMicrotask(() => this.#track(frame, now));
-  }
-
-  // Only frames the client accepts are tracked: the tracker's latest is the last real beat.
-  #track(frame: BeatFrame, arrival: number): void {
-    if (this.#state !== "running") return;
-    try {
-      this.#tracker.observe(frame, arrival);
-      if (frame.downbeat) this.#lookAhead(frame);
-    } catch (error) {
-      this.#report("invalid_frame", `Cannot track beat ${frame.beat_index}: ${error}`, error);
-    }
+    if (this.#degradeOn && frame.downbeat) this.#lookAhead(frame);
   }
 
   // Synthetic beats need this bar's and the next bar's window ids the moment pulse goes quiet:
@@ -588,9 +689,10 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
   // copied from the frame, so a hostile bus cannot choose the ids of synthetic beats.
   #lookAhead(frame: BeatFrame): void {
     const index = frame.beat_index;
-    cachedWindowId(this.clusterId, index).catch(() => {});
+    const epoch = frame.epoch ?? 0;
+    cachedWindowId(this.clusterId, index, epoch).catch(() => {});
     const next = index + this.#tracker.beatsPerBar;
-    if (Number.isSafeInteger(next)) cachedWindowId(this.clusterId, next).catch(() => {});
+    if (Number.isSafeInteger(next)) cachedWindowId(this.clusterId, next, epoch).catch(() => {});
   }
 
   #deliver(frame: BeatFrame, info: BeatInfo, at: number, fresh: boolean): void {
@@ -748,8 +850,10 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
    * @returns Resolves when the claim is published or buffered.
    * @throws {InvalidMessageError} `invalid_claim`, e.g. `Cannot emit claim: progress 1.5 is
    * above 1`.
-   * @throws {BackbeatError} `buffer_full` when disconnected with a full buffer (counted in
-   * `claimsDropped`), `not_started` before `start()`, `closed` after `stop()`.
+   * @throws {BackbeatError} `buffer_full` when disconnected with a full buffer, `closed` when
+   * the bus was closed under the client, `key` when signing fails: each such claim is counted in
+   * `health().claimsDropped` and also reported as an `error` event. `not_started` before
+   * `start()`, `closed` after `stop()` (nothing counted: the claim was never taken).
    *
    * @example Report progress
    * ```ts
@@ -778,7 +882,8 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
       try {
         this.#hlc.update(this.#remoteHlc);
       } catch (error) {
-        this.#report("hlc", `Ignored the HLC of beat ${this.#lastReal}: ${error}`, error);
+        const beat = this.#tracker.last?.frame.beat_index;
+        this.#report("hlc", `Ignored the HLC of beat ${beat}: ${error}`, error);
       }
       this.#remoteHlc = undefined;
     }
@@ -847,8 +952,10 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
       windowId: current ? current.window_id : null,
       reconnectCount: bus?.reconnects ?? 0,
       missedBeats: this.#missed,
-      droppedFrames: this.#dropped,
+      droppedFrames: this.#refusals.total,
+      framesRejected: this.#refusals.counts,
       framesParsed: this.#feed?.parsed ?? 0,
+      framesVerified: this.#verifiedFrames,
       claimsSent: this.#outbox.sent,
       claimsBuffered: this.#outbox.buffered,
       claimsDropped: this.#outbox.dropped,

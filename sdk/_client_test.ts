@@ -14,7 +14,7 @@ import {
   type StatusClaim,
   subjects,
 } from "./mod.ts";
-import { importPublicKey, ManualClock, verifyPayload } from "../core/mod.ts";
+import { importPublicKey, Keyring, ManualClock, verifyPayload, verifySigned } from "../core/mod.ts";
 import { beatFeedOf } from "./_beat_feed.ts";
 import { listenerRegistryOf } from "./_client.ts";
 import { BeatSource, quietLogger, recordBeats, settle, SwitchBus } from "../tests/sdk_helpers.ts";
@@ -189,12 +189,13 @@ Deno.test("a slow async callback does not delay the next beat for the other call
   await bus.close();
 });
 
-Deno.test("frames that fail the schema, or belong elsewhere, are counted and never delivered", async () => {
+Deno.test("frames that fail the gate are counted by reason, logged once, and never delivered", async () => {
   const bus = new InMemoryBus();
-  await using client = new Client(config(bus));
+  const logger = quietLogger();
+  await using client = new Client(config(bus, { logger }));
   const got = recordBeats(client);
-  const errors: string[] = [];
-  client.addEventListener("error", (e) => errors.push(e.message));
+  let errorEvents = 0;
+  client.addEventListener("error", () => errorEvents++);
   await client.start();
   const source = new BeatSource(bus, CLUSTER);
   source.publishRaw("{not json");
@@ -202,14 +203,23 @@ Deno.test("frames that fail the schema, or belong elsewhere, are counted and nev
   await source.publish(2, (f) => ({ ...f, window_id: "xyz" }));
   await source.publish(3, (f) => ({ ...f, cluster_id: "other" }));
   await source.publish(4, (f) => ({ ...f, type: "backbeat.statusclaim.v1" }));
+  source.publishRaw(JSON.stringify({ ...await source.frame(4), notes: "x".repeat(17_000) }));
   await source.publish(5);
   await bus.flush();
   assert.deepEqual(got.map((b) => b.index), [5]);
-  assert.equal(client.health().droppedFrames, 5);
-  assert.equal(errors.length, 5);
-  assert.match(errors[1], /phase must be one of: plan, execute, review/);
-  assert.match(errors[2], /window_id must be exactly 32 hex characters/);
-  assert.match(errors[3], /cluster other/);
+  const h = client.health();
+  assert.deepEqual(h.framesRejected, { json: 1, schema: 3, cluster: 1, size: 1 });
+  assert.equal(h.droppedFrames, 6);
+  // Junk is no event (a hostile bus must not drive listeners) and one log line, not six: the
+  // first refusal with its reason; the others wait for the next summary.
+  assert.equal(errorEvents, 0);
+  assert.equal(logger.lines.length, 1);
+  assert.match(logger.lines[0], /^\[backbeat\] Refused beat frames \(json\): frame is not JSON/);
+  assert.deepEqual(h.lastErrors.map((e) => e.kind), ["invalid_frame"]);
+  await client.stop();
+  // Stopping writes the summary of what the interval held back.
+  assert.equal(logger.lines.length, 2);
+  assert.match(logger.lines[1], /since the last line: 3 schema, 1 cluster, 1 size/);
   await bus.close();
 });
 
@@ -286,7 +296,7 @@ Deno.test("emitStatusClaim fills the claim and sends x-window-id, x-hlc and x-ag
   await bus.close();
 });
 
-Deno.test("signed claims carry x-signature and x-key-id that verify with the exported public key", async () => {
+Deno.test("signed claims carry x-signature and x-key-id over the claim domain and the cluster", async () => {
   for (const form of ["cryptokey", "jwk", "seed"] as const) {
     const bus = new InMemoryBus();
     const sent = claims(bus);
@@ -308,14 +318,35 @@ Deno.test("signed claims carry x-signature and x-key-id that verify with the exp
     await bus.flush();
     assert.equal(sent.length, 5, form);
     assert.deepEqual(sent.map((s) => s.claim.progress), [0, 0.1, 0.2, 0.3, 0.4]); // call order
+    // What reverb checks: the agent's own key, over signedBytes(claim domain, cluster, payload).
+    const keyring = await Keyring.fromJson({
+      "agent-1": [{ key_id: client.keyId!, public_key: publicKey }],
+    });
     const key = await importPublicKey(publicKey);
     for (const s of sent) {
       assert.equal(s.headers["x-key-id"], client.keyId);
       assert.equal(s.headers["x-signature"].length, 88); // base64 of 64 bytes
-      assert.equal(await verifyPayload(key, s.data, s.headers["x-signature"]), true);
+      const check = (cluster: string, data: Uint8Array, owner = "agent-1") =>
+        verifySigned(keyring, "backbeat.statusclaim.v1", cluster, data, s.headers, { owner });
+      assert.equal((await check(CLUSTER, s.data)).ok, true);
+      // Bound to its cluster, its domain and its agent; not the 0.1 form over the payload alone.
+      assert.deepEqual(await check("other", s.data), { ok: false, reason: "bad_signature" });
+      assert.deepEqual(await check(CLUSTER, s.data, "agent-2"), {
+        ok: false,
+        reason: "unknown_key",
+      });
+      const asFrame = await verifySigned(
+        keyring,
+        "backbeat.beatframe.v1",
+        CLUSTER,
+        s.data,
+        s.headers,
+      );
+      assert.equal(asFrame.ok, false);
+      assert.equal(await verifyPayload(key, s.data, s.headers["x-signature"]), false);
       const tampered = new Uint8Array(s.data);
       tampered[tampered.length - 2] ^= 1;
-      assert.equal(await verifyPayload(key, tampered, s.headers["x-signature"]), false);
+      assert.equal((await check(CLUSTER, tampered)).ok, false);
     }
     await bus.close();
   }
@@ -378,6 +409,103 @@ Deno.test("claims wait in a bounded buffer while disconnected and flush in order
   assert.equal(h.claimsSent, 5);
   assert.equal(h.reconnectCount, 1);
   await bus.close();
+});
+
+Deno.test("a buffered claim keeps its own beat_index, HLC and window, however late it is sent", async () => {
+  const bus = new SwitchBus();
+  const sent: { claim: StatusClaim; headers: Record<string, string> }[] = [];
+  bus.inner.subscribe(subjects(CLUSTER).status, (m) => {
+    sent.push({ claim: JSON.parse(dec.decode(m.data)), headers: { ...m.headers } });
+  });
+  await using client = new Client(config(bus.inner, { bus }));
+  await client.start();
+  const source = new BeatSource(bus.inner, CLUSTER);
+  await source.publish(4);
+  await bus.flush();
+  bus.set("disconnected");
+  await client.emitStatusClaim({ state: "executing", notes: "at 4" });
+  const frame5 = await source.publish(5);
+  await bus.flush();
+  await client.emitStatusClaim({ state: "executing", notes: "at 5" });
+  await source.publish(6);
+  await source.publish(7);
+  await bus.flush();
+  bus.set("connected");
+  await client.emitStatusClaim({ state: "executing", notes: "at 7" });
+  await bus.flush();
+  assert.deepEqual(sent.map((s) => [s.claim.notes, s.claim.beat_index]), [
+    ["at 4", 4],
+    ["at 5", 5],
+    ["at 7", 7],
+  ]);
+  assert.equal(sent[1].headers["x-window-id"], frame5.window_id);
+  assert.equal(sent[1].headers["x-hlc"], sent[1].claim.hlc);
+  // Stamped when emitted, not when flushed: in call order, before the claim emitted after them.
+  const stamps = sent.map((s) => parseHlc(s.claim.hlc));
+  assert.ok(compareHlc(stamps[0], stamps[1]) < 0 && compareHlc(stamps[1], stamps[2]) < 0);
+  await bus.close();
+});
+
+Deno.test("every accepted claim is counted once as sent, buffered or dropped, and every loss is an error event", async () => {
+  const bus = new SwitchBus();
+  const logger = quietLogger();
+  const client = new Client(config(bus.inner, { bus, claimBufferSize: 2, logger }));
+  const errors: string[] = [];
+  client.addEventListener("error", (e) => errors.push(e.message));
+  await client.start();
+  const counts = () => {
+    const h = client.health();
+    return [h.claimsSent, h.claimsBuffered, h.claimsDropped];
+  };
+  await client.emitStatusClaim({ state: "executing" });
+  assert.deepEqual(counts(), [1, 0, 0]);
+  // Invalid claims are refused before they count.
+  await assert.rejects(client.emitStatusClaim({ state: "executing", progress: 2 }));
+  bus.set("disconnected");
+  await client.emitStatusClaim({ state: "executing" });
+  await client.emitStatusClaim({ state: "executing" });
+  assert.deepEqual(counts(), [1, 2, 0]);
+  for (let i = 0; i < 3; i++) {
+    await assert.rejects(
+      client.emitStatusClaim({ state: "executing" }),
+      (e) => e instanceof BackbeatError && e.code === "buffer_full",
+    );
+  }
+  assert.deepEqual(counts(), [1, 2, 3]);
+  assert.equal(errors.filter((m) => /buffer of 2 claims is full/.test(m)).length, 3);
+  bus.set("connected");
+  assert.deepEqual(counts(), [3, 0, 3]);
+  bus.set("disconnected");
+  await client.emitStatusClaim({ state: "failed" });
+  await client.stop();
+  assert.deepEqual(counts(), [3, 0, 4]);
+  assert.equal(errors.length, 4);
+  assert.match(
+    errors[3],
+    /Lost 1 buffered claims: the client stopped while the bus was disconnected/,
+  );
+  // Four losses, logged rate-limited: the first at once, the rest summed up on stop.
+  const lossLines = logger.lines.filter((l) => /Lost status claims/.test(l));
+  assert.equal(lossLines.length, 2);
+  assert.match(lossLines[1], /since the last line: 3 buffer_full/);
+  assert.equal(client.health().lastErrors.filter((e) => e.kind === "claim").length, 2);
+  await bus.close();
+});
+
+Deno.test("a claim emitted after the bus closed under the client is dropped and reported", async () => {
+  const bus = new InMemoryBus();
+  const client = new Client(config(bus));
+  const errors: string[] = [];
+  client.addEventListener("error", (e) => errors.push(e.message));
+  await client.start();
+  await bus.close();
+  await assert.rejects(
+    client.emitStatusClaim({ state: "idle" }),
+    (e) => e instanceof BackbeatError && e.code === "closed",
+  );
+  assert.equal(client.health().claimsDropped, 1);
+  assert.ok(errors.some((m) => /the bus is closed/.test(m)));
+  await client.stop();
 });
 
 Deno.test("claims left buffered by a failed flush go out, in order, with the next claim", async () => {

@@ -2,6 +2,8 @@ import {
   type Bus,
   type Clock,
   DEFAULT_BEATS_PER_BAR,
+  type Keyring,
+  type KeyringJson,
   type Logger,
   type SigningKeyInput,
 } from "../core/mod.ts";
@@ -59,6 +61,24 @@ export interface ClientConfig {
   /** Key id sent as `x-key-id`. @default {derived from the public key} */
   keyId?: string;
   /**
+   * Pulse's public keys. When set, only beat frames signed by one of them are followed
+   * (`x-signature`/`x-key-id` over `backbeat.beatframe.v1`, the cluster and the frame's epoch;
+   * see docs/security.md); unsigned and badly signed frames are refused and counted in
+   * `health().framesRejected`. Either a {@linkcode Keyring} (`await Keyring.fromJson(json)` or
+   * `Keyring.fromFile(path)`) or the keyring's JSON, `{ "<label>": [{ "key_id": "…",
+   * "public_key": "<base64 of the raw 32 bytes>", "not_before"?: "…", "not_after"?: "…" }] }`,
+   * where any owner label's keys count and `not_before`/`not_after` are judged on the system
+   * clock. Each frame is verified once per process for every client with the same keyring (the
+   * same object, or equal JSON); clients with other keys never share the result. A frame is
+   * delivered after its signature check (a WebCrypto call, in arrival order; at most 256 wait,
+   * beyond that frames are refused as `verify_backlog`), so a test on an `InMemoryBus` waits for
+   * it, not only for `bus.flush()`. A verified frame of a newer epoch is followed at once. Without
+   * keys, any publisher on the beat subject can send frames; they are still checked against the
+   * followed timeline, but a consistent stream of forgeries can steer the client.
+   * @default {undefined}
+   */
+  pulseKeys?: Keyring | KeyringJson;
+  /**
    * How long after a beat's expected arrival (one period after the previous one) the client
    * waits before entering degraded mode.
    * @default {50}
@@ -66,7 +86,11 @@ export interface ClientConfig {
   jitterToleranceMs?: number;
   /** Beats per bar, used for synthetic beats only when frames do not carry it. @default {4} */
   beatsPerBar?: number;
-  /** Claims held while disconnected; beyond it `emitStatusClaim` rejects. @default {1000} */
+  /**
+   * Claims held while disconnected; beyond it `emitStatusClaim` rejects with `buffer_full` (the
+   * claim is counted in `health().claimsDropped` and reported as an `error` event).
+   * @default {1000}
+   */
   claimBufferSize?: number;
   /**
    * Produce synthetic beats when pulse goes quiet (after at least one real beat: the timeline is
@@ -112,6 +136,7 @@ export function defaultConfig(): ClientConfig {
     bus: undefined,
     signingKey: undefined,
     keyId: undefined,
+    pulseKeys: undefined,
     jitterToleranceMs: DEFAULT_JITTER_TOLERANCE_MS,
     beatsPerBar: DEFAULT_BEATS_PER_BAR,
     claimBufferSize: DEFAULT_CLAIM_BUFFER_SIZE,

@@ -2,13 +2,16 @@
 // last real beat (the core FrameTracker's timeline, anchored on arrival) and produces synthetic
 // beats with the frames pulse would have sent. Scheduling is absolute (beat n at anchor + n
 // periods), so timer lateness never accumulates. Window ids need an async SHA-256, so they are
-// derived bars ahead (the core's process-wide cache) and a due beat is built synchronously.
+// derived bars ahead (the core's process-wide cache, keyed by the timeline's epoch) and a due beat
+// is built synchronously. Beats end at MAX_BEAT_INDEX: past 2^53 − 1, n + 1 === n, and a counter
+// stuck there would re-arm one instant for ever.
 import {
   type BeatFrame,
   cachedWindowId,
   type Clock,
   type FrameTracker,
   knownWindowId,
+  MAX_BEAT_INDEX,
   type Timeline,
 } from "../core/mod.ts";
 
@@ -51,7 +54,7 @@ export interface SyntheticBeatsOptions {
   hlc: () => string;
   /** Receives each synthetic beat with its due time, in order. */
   deliver: (frame: BeatFrame, dueAt: number) => void;
-  /** Receives failures (they end the synthetic stream). */
+  /** Receives failures, and the end of the timeline (both end the synthetic stream). */
   fail: (error: unknown) => void;
 }
 
@@ -91,11 +94,12 @@ export class SyntheticBeats {
       this.#timeline = timeline;
       const now = this.#o.clock.now();
       const first = Math.max(lastDelivered + 1, timeline.beatAt(now));
+      if (first > MAX_BEAT_INDEX) return this.#end();
       const bar = timeline.barStart(first);
       // Usually the last real bar, derived by the client's look-ahead: no digest before the first
       // beat. Never the id a frame claimed: a hostile bus must not choose synthetic window ids.
-      if (knownWindowId(this.#o.clusterId, bar) === undefined) {
-        await cachedWindowId(this.#o.clusterId, bar);
+      if (knownWindowId(this.#o.clusterId, bar, timeline.epoch) === undefined) {
+        await cachedWindowId(this.#o.clusterId, bar, timeline.epoch);
       }
       if (this.#stopped) return;
       this.#prefetch(bar + timeline.beatsPerBar).catch((e) => this.#failed(e));
@@ -125,25 +129,37 @@ export class SyntheticBeats {
     // A timer that fired beats late (a blocked event loop) skips to the beat now due: beats are
     // never delivered in a burst, and the gap is counted as missed by the client.
     const beat = Math.max(this.#next, t.beatAt(this.#o.clock.now()));
+    if (beat > MAX_BEAT_INDEX) return this.#end();
     const due = t.dueAt(beat);
     this.#next = beat + 1;
-    this.#arm();
+    if (beat < MAX_BEAT_INDEX) this.#arm();
     const start = t.barStart(beat);
     if (t.isDownbeat(beat)) this.#prefetch(start + t.beatsPerBar).catch((e) => this.#failed(e));
-    const window = knownWindowId(this.#o.clusterId, start);
+    const window = knownWindowId(this.#o.clusterId, start, t.epoch);
     if (window !== undefined && this.#queued === 0) {
       this.#o.deliver(syntheticFrame(t, this.#o.clusterId, beat, this.#o.hlc(), window), due);
+      if (beat === MAX_BEAT_INDEX) this.#end();
       return;
     }
     // Slow path: the id was not ready (only when the event loop was starved for bars).
     this.#queued++;
     this.#queue = (this.#queue ?? Promise.resolve()).then(async () => {
-      const id = await cachedWindowId(this.#o.clusterId, start);
+      const id = await cachedWindowId(this.#o.clusterId, start, t.epoch);
       this.#queued--;
       if (this.#stopped) return;
       this.#o.deliver(syntheticFrame(t, this.#o.clusterId, beat, this.#o.hlc(), id), due);
+      if (beat === MAX_BEAT_INDEX) this.#end();
     }).catch((e) => this.#failed(e));
   };
+
+  // The timeline has no beat after MAX_BEAT_INDEX: stop, and say so once.
+  #end(): void {
+    if (this.#stopped) return;
+    this.stop();
+    this.#o.fail(
+      new RangeError(`the timeline reached the highest beat index there is (${MAX_BEAT_INDEX})`),
+    );
+  }
 
   #failed(error: unknown): void {
     if (this.#stopped) return;
@@ -155,7 +171,9 @@ export class SyntheticBeats {
     const t = this.#timeline!;
     const wanted: Promise<string>[] = [];
     for (let k = 0; k < WINDOW_PREFETCH_BARS; k++) {
-      wanted.push(cachedWindowId(this.#o.clusterId, fromBar + k * t.beatsPerBar));
+      const bar = fromBar + k * t.beatsPerBar;
+      if (bar > MAX_BEAT_INDEX) break;
+      wanted.push(cachedWindowId(this.#o.clusterId, bar, t.epoch));
     }
     await Promise.all(wanted);
   }

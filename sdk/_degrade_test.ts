@@ -194,11 +194,13 @@ Deno.test("when pulse resumes ahead of the synthetic beats, the gap is counted a
   await realBeats(clock, bus, source, 0, 3);
   await advance(clock, 2_500, 100); // synthetic 4 (late, at detection) and 5
   assert.deepEqual(got.filter((b) => b.synthetic).map((b) => b.index), [4, 5]);
-  await source.publish(9); // a pulse whose clock ran ahead
+  // A pulse whose clock ran ahead, by as much as the followed timeline can explain (beat 5 is due
+  // now; three beats more is within its slack at this tempo).
+  await source.publish(8);
   await bus.flush();
   assert.equal(client.health().degraded, false);
-  assert.equal(client.health().missedBeats, 3);
-  assert.deepEqual(got.map((b) => b.index), [0, 1, 2, 3, 4, 5, 9]);
+  assert.equal(client.health().missedBeats, 2);
+  assert.deepEqual(got.map((b) => b.index), [0, 1, 2, 3, 4, 5, 8]);
   await bus.close();
 });
 

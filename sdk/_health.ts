@@ -42,18 +42,42 @@ export interface ClientHealth {
   readonly reconnectCount: number;
   /** Beats skipped between two delivered beats. */
   readonly missedBeats: number;
-  /** Frames dropped: schema-invalid, another cluster's, or stale (a deposed pulse, a duplicate). */
+  /** Frames refused, all reasons together: the sum of {@linkcode ClientHealth.framesRejected}. */
   readonly droppedFrames: number;
+  /**
+   * Frames refused, by reason (only reasons seen are present). Nothing a frame claims is
+   * followed before it passes all of these:
+   * - the gate: `size` (over 16 KiB), `json`, `schema`, `type` (another message kind), `cluster`;
+   * - with `pulseKeys`: `unsigned`, `unknown_key`, `key_expired`, `bad_signature`, and
+   *   `verify_backlog` (more than 256 frames already waited on their signature check);
+   * - the timeline: `stale` (at or below the latest beat: a duplicate or a deposed pulse),
+   *   `implausible` (an index or tempo the followed timeline cannot explain, e.g. a forged jump),
+   *   `old_epoch` (a timeline since replaced), `pending` (the first unverified frame of a newer
+   *   epoch, followed once a second one agrees), `unreadable` (a `deadline_at` no clock reads).
+   *
+   * Refusals are logged at most once per few seconds, as a summary, never once per frame.
+   */
+  readonly framesRejected: Readonly<Record<string, number>>;
   /**
    * Frames decoded and validated by the beat feed this client shares with every client of the
    * process on the same bus and cluster: each frame once, however many clients follow it.
    */
   readonly framesParsed: number;
-  /** Claims handed to the bus. */
+  /**
+   * Frames followed whose signature verified against `pulseKeys` (checked once per process for
+   * all clients with the same keyring); 0 without `pulseKeys`.
+   */
+  readonly framesVerified: number;
+  /** Claims published to the bus (buffered claims count once they are flushed). */
   readonly claimsSent: number;
-  /** Claims waiting in the buffer for a connection. */
+  /** Claims waiting now in the buffer for the connection to come back. */
   readonly claimsBuffered: number;
-  /** Claims refused because the buffer was full, or lost when the client stopped disconnected. */
+  /**
+   * Claims lost, each also reported as an `error` event: refused with `buffer_full`, still
+   * buffered when the client stopped disconnected, or not publishable (the bus closed, signing
+   * failed). Every claim `emitStatusClaim` accepted is counted once sent, buffered or dropped
+   * (invalid claims are refused before, and not counted).
+   */
   readonly claimsDropped: number;
   /** Callbacks that threw or rejected. */
   readonly callbackErrors: number;

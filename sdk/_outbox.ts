@@ -1,5 +1,7 @@
 // The claim side of a client: builds a StatusClaim from what the caller gives, signs it, publishes
-// it in call order, and holds it in a bounded buffer while the bus is disconnected.
+// it in call order, and holds it in a bounded buffer while the bus is disconnected. Every claim
+// that passes validation ends up counted exactly once: sent, buffered (for now) or dropped, and
+// every drop is reported (an `error` event), never silent.
 import {
   BackbeatError,
   type Bus,
@@ -8,7 +10,7 @@ import {
   type Clock,
   InvalidMessageError,
   type SigningKey,
-  signPayload,
+  signMessage,
   type StatusClaim,
   withTimeout,
 } from "../core/mod.ts";
@@ -38,6 +40,8 @@ export interface ClaimPosition {
 
 /** Options of {@linkcode ClaimOutbox}. */
 export interface ClaimOutboxOptions {
+  /** The cluster: signatures are bound to it. */
+  readonly clusterId: string;
   /** The status subject. */
   readonly subject: string;
   /** The claims' `agent_id`. */
@@ -59,8 +63,11 @@ export interface ClaimOutboxOptions {
     error: unknown,
     level?: "warn" | "error",
   ) => void;
-  /** Records a failure the caller is told about by a rejection (health only). */
-  readonly note: (kind: string, message: string) => void;
+  /**
+   * Reports claims lost (already counted in `dropped`): an `error` event each time, logged
+   * rate-limited.
+   */
+  readonly lost: (count: number, error: BackbeatError) => void;
 }
 
 interface Pending {
@@ -76,9 +83,9 @@ const encoder = new TextEncoder();
  *
  * @example Emit through an in-memory bus
  * ```ts ignore
- * const outbox = new ClaimOutbox({ subject: "backbeat.dev.status", agentId: "a", taskId: "t",
- *   capacity: 10, clock, position: () => ({ beatIndex: 0, windowId }), stamp: () => hlc.now(),
- *   report: () => {}, note: () => {} });
+ * const outbox = new ClaimOutbox({ clusterId: "dev", subject: "backbeat.dev.status",
+ *   agentId: "a", taskId: "t", capacity: 10, clock, position: () => ({ beatIndex: 0, windowId }),
+ *   stamp: () => hlc.now(), report: () => {}, lost: () => {} });
  * outbox.open(bus, undefined);
  * await outbox.emit({ state: "executing", progress: 0.5 });
  * console.log(outbox.sent); // 1
@@ -102,17 +109,20 @@ export class ClaimOutbox {
     this.#o = options;
   }
 
-  /** Claims handed to the bus. */
+  /** Claims published to the bus. */
   get sent(): number {
     return this.#sent;
   }
 
-  /** Claims waiting in the buffer for a connection. */
+  /** Claims waiting in the buffer for a connection now. */
   get buffered(): number {
     return this.#buffer.length;
   }
 
-  /** Claims refused because the buffer was full, or lost on close. */
+  /**
+   * Claims lost: refused with a full buffer, left in the buffer when the outbox closed, or not
+   * publishable (the bus closed, signing failed).
+   */
   get dropped(): number {
     return this.#dropped;
   }
@@ -133,8 +143,9 @@ export class ClaimOutbox {
    *
    * @param input What the caller gave.
    * @returns Resolves when the claim is published or buffered.
-   * @throws {InvalidMessageError} `invalid_claim` (nothing is sent).
-   * @throws {BackbeatError} `buffer_full`, or `closed` when the bus is closed.
+   * @throws {InvalidMessageError} `invalid_claim` (nothing is sent, nothing counted).
+   * @throws {BackbeatError} `buffer_full`, `closed` when the bus is closed, `key` when signing
+   * fails (each counted in `dropped` and reported).
    */
   emit(input: StatusClaimInput): Promise<void> {
     try {
@@ -151,14 +162,23 @@ export class ClaimOutbox {
         this.#send(payload, headers);
         return Promise.resolve();
       }
-      // Sign at once (in parallel with earlier claims), publish in call order.
-      const signature = signPayload(key.privateKey, payload);
+      // Sign at once (in parallel with earlier claims), publish in call order. The signature
+      // covers the domain and cluster too, so it verifies for no other message or cluster.
+      const signature = signMessage(key, "backbeat.statusclaim.v1", this.#o.clusterId, payload);
+      signature.catch(() => {}); // awaited below, after the claims before it
       const previous = this.#chain;
       const done = (async () => {
         if (previous) await previous;
-        headers["x-signature"] = await signature;
-        headers["x-key-id"] = key.keyId;
-        this.#send(payload, headers);
+        let signed: Record<string, string>;
+        try {
+          signed = await signature;
+        } catch (cause) {
+          throw this.#lose(
+            1,
+            new BackbeatError("key", `Cannot emit claim: signing failed: ${cause}`, { cause }),
+          );
+        }
+        this.#send(payload, { ...headers, ...signed });
       })();
       const link: Promise<void> = done.catch(() => {}).then(() => {
         if (this.#chain === link) this.#chain = undefined;
@@ -208,14 +228,22 @@ export class ClaimOutbox {
     }
     const lost = this.#buffer.length;
     if (lost === 0) return;
-    this.#dropped += lost;
     this.#buffer = [];
-    this.#o.report(
-      "claim",
-      `Lost ${lost} buffered claims: the client stopped while the bus was ${bus?.status}`,
-      new BackbeatError("buffer_full", `Lost ${lost} buffered claims on stop`),
-      "error",
+    this.#lose(
+      lost,
+      new BackbeatError(
+        "buffer_full",
+        `Lost ${lost} buffered claims: the client stopped while the bus was ${bus?.status}`,
+        { detail: { lost } },
+      ),
     );
+  }
+
+  // Counts and reports lost claims; returns the error for the caller, if there is one.
+  #lose(count: number, error: BackbeatError): BackbeatError {
+    this.#dropped += count;
+    this.#o.lost(count, error);
+    return error;
   }
 
   #build(input: StatusClaimInput, beatIndex: number): StatusClaim {
@@ -297,7 +325,7 @@ export class ClaimOutbox {
   #send(payload: Uint8Array, headers: Record<string, string>): void {
     const bus = this.#bus!;
     if (bus.status === "closed") {
-      throw new BackbeatError("closed", "Cannot emit claim: the bus is closed");
+      throw this.#lose(1, new BackbeatError("closed", "Cannot emit claim: the bus is closed"));
     }
     // Claims left behind by a flush that failed go first, so order holds without a new event.
     if (this.#buffer.length > 0 && bus.status === "connected") this.flush();
@@ -308,19 +336,27 @@ export class ClaimOutbox {
         return;
       } catch (error) {
         // A connection lost under us: keep the claim for the reconnect.
-        if (!(error instanceof BackbeatError && error.code === "connection")) throw error;
+        if (!(error instanceof BackbeatError && error.code === "connection")) {
+          const code = error instanceof BackbeatError ? error.code : "connection";
+          throw this.#lose(
+            1,
+            new BackbeatError(code, `Cannot emit claim: ${(error as Error).message}`, {
+              cause: error,
+            }),
+          );
+        }
       }
     }
     const capacity = this.#o.capacity;
     if (this.#buffer.length >= capacity) {
-      this.#dropped++;
-      const error = new BackbeatError(
-        "buffer_full",
-        `Cannot emit claim: the buffer of ${capacity} claims is full while the bus is ${bus.status}`,
-        { detail: { capacity, dropped: this.#dropped } },
+      throw this.#lose(
+        1,
+        new BackbeatError(
+          "buffer_full",
+          `Cannot emit claim: the buffer of ${capacity} claims is full while the bus is ${bus.status}`,
+          { detail: { capacity, dropped: this.#dropped + 1 } },
+        ),
       );
-      this.#o.note("claim", error.message);
-      throw error;
     }
     this.#buffer.push({ payload, headers });
   }

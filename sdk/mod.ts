@@ -87,6 +87,10 @@ export {
   exportPublicKey,
   type GeneratedKeyPair,
   generateSigningKeyPair,
+  type KeyEntry,
+  Keyring,
+  type KeyringEntryJson,
+  type KeyringJson,
   type SigningKey,
   type SigningKeyInput,
 } from "../core/mod.ts";

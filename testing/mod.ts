@@ -1,7 +1,8 @@
 /**
  * Test kit for code that uses BACKBEAT: a {@linkcode ManualClock} so hours of beats run in
  * milliseconds, the embedded {@linkcode InMemoryBus}, and a {@linkcode BeatSource} that
- * publishes frames exactly as pulse builds them, beat by beat, on your command.
+ * publishes frames exactly as pulse builds them, beat by beat, on your command: with a timeline
+ * epoch, and signed with a pulse key for clients configured with `pulseKeys`.
  *
  * Layering: `testing/` imports `core/` only.
  *
