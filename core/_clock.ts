@@ -13,6 +13,10 @@ export interface Clock {
   schedule(at: number, fn: () => void): () => void;
 }
 
+// setTimeout takes a 32-bit delay: a longer one fires at once, so a far instant (an hour of 0.1
+// BPM, a bogus deadline) would re-arm in a tight loop. Waits longer than this wake and re-arm.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 // How early a long wait first wakes, to finish on a short (more punctual) timer.
 const COARSE_MS = 8;
 
@@ -68,7 +72,7 @@ export class SystemClock implements Clock {
       const left = at - this.now();
       if (left > this.#spin + 1) {
         // Woke too early (timers may fire up to ~0.3 ms early, or the delay was clamped): re-arm.
-        id = setTimeout(fire, left - this.#spin);
+        id = setTimeout(fire, Math.min(left - this.#spin, MAX_TIMER_MS));
         return;
       }
       // deno-lint-ignore no-empty
@@ -79,7 +83,7 @@ export class SystemClock implements Clock {
     // Long timers fire later than short ones (measured: p90 ~1.5 ms late at 100 ms, ~0.9 ms at
     // 10 ms), so a long wait ends with a short timer: wake COARSE_MS early and re-arm in fire().
     const first = this.#spin > 0 && delay > 2 * COARSE_MS ? delay - COARSE_MS : delay;
-    id = setTimeout(fire, first > 0 ? first : 0);
+    id = setTimeout(fire, first > 0 ? Math.min(first, MAX_TIMER_MS) : 0);
     return () => {
       cancelled = true;
       if (id !== undefined) clearTimeout(id);

@@ -9,6 +9,8 @@ import { DEFAULT_BEATS_PER_BAR, defaultPhases, parseInstant, Timeline } from "./
 const MAX_BEATS_PER_BAR = 64;
 /** Consecutive agreeing frames that move a tracker off a timeline that cannot explain them. */
 const REALIGN_RUN = 3;
+/** Candidate timelines remembered at once (each a short run of frames). */
+const MAX_CANDIDATE_RUNS = 8;
 
 // Whether frame b follows frame a on one timeline: the next few beats, the same epoch and tempo,
 // arriving about when that tempo says.
@@ -122,12 +124,13 @@ export class FrameTracker {
   #barOrigin: number | undefined;
   #phases: Phase[];
   #deadline: Timeline | undefined;
+  #arrivalTimeline: Timeline | undefined;
   #lowRun: { last: number; count: number } | undefined;
   #restarts = 0;
   #stale = 0;
   #implausible = 0;
   #oldEpoch = 0;
-  #candidates: { frame: BeatFrame; arrival: number }[] = [];
+  #candidates: { frame: BeatFrame; arrival: number }[][] = [];
 
   /**
    * Creates a tracker that has seen nothing.
@@ -293,6 +296,7 @@ export class FrameTracker {
     while (k < this.#beatsPerBar && this.#phases[k] === this.#phases[pos]) k++;
     const due = deadline - (k - pos) * (60_000 / frame.tempo_bpm);
     this.#last = { frame, arrival, due };
+    this.#arrivalTimeline = undefined;
     this.#refreshDeadlineTimeline(frame, due, barChanged);
     return { status, barChanged: barChanged && status === "new", position: pos };
   }
@@ -306,7 +310,8 @@ export class FrameTracker {
   // Whether the tracked timeline explains a later frame: its index is about the beat due at its
   // arrival, and its tempo is the one in force or announced.
   #explains(frame: BeatFrame, arrival: number): boolean {
-    const t = this.timeline("arrival")!;
+    // Built once per tracked frame, not once per check: every client checks every frame.
+    const t = this.#arrivalTimeline ??= this.timeline("arrival")!;
     const beat = frame.beat_index;
     if (t.tempoAt(beat) !== frame.tempo_bpm) return false;
     const period = t.periodAt(beat);
@@ -316,12 +321,17 @@ export class FrameTracker {
     return Math.abs(beat - t.beatAt(arrival)) <= slack;
   }
 
-  // Keeps a short run of frames the timeline could not explain; true when the last `need` of them
-  // agree with each other (consecutive, spaced by their tempo, one epoch).
+  // Keeps a few short runs of frames the timeline could not explain, each run one candidate
+  // timeline (junk between real frames starts its own run rather than breaking theirs); true
+  // when the frame makes some run `need` frames long, each agreeing with the one before.
   #confirmedBy(frame: BeatFrame, arrival: number, need: number): boolean {
-    const run = this.#candidates;
-    const prev = run.at(-1);
-    if (prev !== undefined && !agrees(prev, frame, arrival)) run.length = 0;
+    const runs = this.#candidates;
+    let run = runs.find((r) => agrees(r[r.length - 1], frame, arrival));
+    if (run === undefined) {
+      run = [];
+      runs.push(run);
+      if (runs.length > MAX_CANDIDATE_RUNS) runs.shift();
+    }
     run.push({ frame, arrival });
     if (run.length > need) run.splice(0, run.length - need);
     return run.length >= need;
@@ -347,6 +357,7 @@ export class FrameTracker {
           this.#phases = defaultPhases(this.#beatsPerBar);
           this.#learnPhase(this.positionInBar(f.beat_index), f.phase);
           this.#deadline = undefined;
+          this.#arrivalTimeline = undefined;
         }
         return this.#barOrigin;
       }
@@ -379,6 +390,7 @@ export class FrameTracker {
 
   #forget(): void {
     this.#candidates = [];
+    this.#arrivalTimeline = undefined;
     this.#last = undefined;
     this.#lastDownbeat = undefined;
     this.#previousDownbeat = undefined;

@@ -61,18 +61,20 @@ export class Rejections {
    *
    * @param reason A short stable reason (`schema`, `bad_signature`, …).
    * @param detail Fields for the log line, when this one is logged.
+   * @param count How many were refused at once (five claims lost together). @default {1}
    */
-  add(reason: string, detail?: LogFields): void {
+  add(reason: string, detail?: LogFields, count = 1): void {
+    if (!(Number.isSafeInteger(count) && count > 0)) return;
     const key = this.#total.has(reason) || this.#total.size < this.#o.maxReasons ? reason : "other";
-    this.#total.set(key, (this.#total.get(key) ?? 0) + 1);
+    this.#total.set(key, (this.#total.get(key) ?? 0) + count);
     const now = this.#o.clock.now();
     if (now - this.#lastLog >= this.#o.intervalMs) {
       this.#lastLog = now;
       this.#flushPending();
-      this.#log({ reason: key, ...detail });
+      this.#log(count === 1 ? { reason: key, ...detail } : { reason: key, count, ...detail });
       return;
     }
-    this.#pending.set(key, (this.#pending.get(key) ?? 0) + 1);
+    this.#pending.set(key, (this.#pending.get(key) ?? 0) + count);
     // A summary of what arrived during the quiet interval follows when it ends.
     this.#timer ??= this.#o.clock.schedule(this.#lastLog + this.#o.intervalMs, () => {
       this.#timer = undefined;

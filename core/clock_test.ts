@@ -46,3 +46,34 @@ Deno.test("ManualClock runs due calls in time order and sets now() to each", asy
   assert.equal(clock.now(), 350);
   assert.equal(clock.pending, 0);
 });
+
+Deno.test("SystemClock: an instant beyond setTimeout's 32-bit range waits instead of re-arming in a loop", async () => {
+  const clock = new SystemClock({ spinMs: 0 });
+  const real = globalThis.setTimeout;
+  let arms = 0;
+  // Count the clock's own timers: a delay over 2^31 - 1 ms would fire at once and re-arm.
+  globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+    arms++;
+    return real(fn, ms);
+  }) as typeof setTimeout;
+  let fired = false;
+  let cancel: () => void;
+  try {
+    cancel = clock.schedule(clock.now() + 2 ** 32, () => fired = true);
+  } finally {
+    globalThis.setTimeout = real;
+  }
+  await new Promise((r) => real(r, 50));
+  globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+    arms++;
+    return real(fn, ms);
+  }) as typeof setTimeout;
+  try {
+    await new Promise((r) => real(r, 50));
+  } finally {
+    globalThis.setTimeout = real;
+    cancel();
+  }
+  assert.equal(fired, false);
+  assert.equal(arms, 1);
+});

@@ -240,3 +240,14 @@ Deno.test("FrameTracker: a newer epoch is followed once two of its frames agree,
   assert.equal(tracker.observe(await newer.frame("dev", 5, HLC), 22_501).status, "new");
   assert.equal(tracker.epoch, 11);
 });
+
+Deno.test("FrameTracker: junk between a new epoch's frames does not hold its restart off", async () => {
+  const old = new Timeline({ originTime: 0, tempoBpm: 120, epoch: 5 });
+  const fresh = new Timeline({ originTime: 10_000, tempoBpm: 120, epoch: 9 });
+  const tracker = await track(old, 0, 20);
+  assert.equal(tracker.observe(await fresh.frame("dev", 0, HLC), 10_002).status, "pending");
+  const junk = { ...await fresh.frame("dev", 0, HLC), epoch: 77, beat_index: 500 };
+  assert.equal(tracker.observe(junk, 10_300).status, "pending");
+  assert.equal(tracker.observe(await fresh.frame("dev", 1, HLC), 10_502).status, "restart");
+  assert.equal(tracker.epoch, 9);
+});

@@ -42,3 +42,17 @@ Deno.test("Rejections: distinct reasons are capped", () => {
   assert.deepEqual(r.counts, { "reason-0": 1, "reason-1": 1, other: 98 });
   r.stop();
 });
+
+Deno.test("Rejections: a batch counts as many", () => {
+  const lines: unknown[] = [];
+  const r = new Rejections({
+    logger: { debug() {}, info() {}, error() {}, warn: (_m, f) => lines.push(f) },
+    clock: new ManualClock(0),
+    message: "claims lost",
+  });
+  r.add("buffer_full", undefined, 5);
+  r.add("buffer_full", undefined, 0);
+  assert.equal(r.count("buffer_full"), 5);
+  assert.deepEqual(lines, [{ reason: "buffer_full", count: 5 }]);
+  r.stop();
+});
