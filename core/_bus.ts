@@ -12,6 +12,8 @@ export interface BusMessage {
   readonly data: Uint8Array;
   /** Headers (lowercase names), when the publisher sent any. */
   readonly headers?: BusHeaders;
+  /** Where a reply goes, when the message is a request ({@linkcode Bus.request}). */
+  readonly reply?: string;
 }
 
 /** Receives messages of a subscription. Exceptions are caught and reported as `error` events. */
@@ -21,6 +23,14 @@ export type BusHandler = (message: BusMessage) => void;
 export interface PublishOptions {
   /** Headers to send (names are sent as given; use lowercase). @default {undefined} */
   headers?: BusHeaders;
+}
+
+/** Options of {@linkcode Bus.request}. */
+export interface RequestOptions {
+  /** Headers to send. @default {undefined} */
+  headers?: BusHeaders;
+  /** How long to wait for the reply, in ms. @default {1000} */
+  timeoutMs?: number;
 }
 
 /** Options of {@linkcode Bus.subscribe}. */
@@ -78,6 +88,14 @@ export interface Bus extends EventTarget {
    * `maxPayload`.
    */
   publish(subject: string, data: Uint8Array, options?: PublishOptions): void;
+  /**
+   * Sends a request and waits for the first reply (a responder publishes it on the message's
+   * `reply` subject).
+   *
+   * @throws {BackbeatError} `timeout` when no reply comes in time or nobody listens on the
+   * subject; `closed` after close; `connection` while a network bus is not connected.
+   */
+  request(subject: string, data: Uint8Array, options?: RequestOptions): Promise<BusMessage>;
   /**
    * Subscribes a handler.
    *
@@ -154,6 +172,9 @@ export interface BusEventMap {
   /** A failure with no caller to throw to (a throwing handler, a slow consumer). */
   error: ErrorEvent;
 }
+
+/** Default for {@linkcode RequestOptions.timeoutMs}. */
+const DEFAULT_REQUEST_TIMEOUT_MS = 1_000;
 
 /** Default for {@linkcode InMemoryBusOptions.maxPending}. */
 export const DEFAULT_MAX_PENDING = 65_536;
@@ -274,6 +295,52 @@ export class InMemoryBus extends IsolatedEventTarget<BusEventMap> implements Bus
   }
 
   publish(subject: string, data: Uint8Array, options?: PublishOptions): void {
+    this.#publish(subject, data, options?.headers, undefined);
+  }
+
+  request(subject: string, data: Uint8Array, options: RequestOptions = {}): Promise<BusMessage> {
+    const timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    if (!(timeoutMs > 0 && Number.isFinite(timeoutMs))) {
+      return Promise.reject(
+        new RangeError(`Invalid timeoutMs ${timeoutMs}: expected a number > 0`),
+      );
+    }
+    const inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
+    return new Promise<BusMessage>((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const sub = this.subscribe(inbox, (m) => {
+        clearTimeout(timer);
+        sub.unsubscribe();
+        resolve(m);
+      });
+      try {
+        if (this.#publish(subject, data, options.headers, inbox) === 0) {
+          // As NATS answers at once when no subscription matches.
+          sub.unsubscribe();
+          reject(new BackbeatError("timeout", `No responders for request on ${subject}`));
+          return;
+        }
+      } catch (error) {
+        sub.unsubscribe();
+        reject(error);
+        return;
+      }
+      timer = setTimeout(() => {
+        sub.unsubscribe();
+        reject(
+          new BackbeatError("timeout", `No reply to request on ${subject} within ${timeoutMs} ms`),
+        );
+      }, timeoutMs);
+    });
+  }
+
+  // Returns how many subscriptions (queue groups counting once) it was delivered to.
+  #publish(
+    subject: string,
+    data: Uint8Array,
+    headers: BusHeaders | undefined,
+    reply: string | undefined,
+  ): number {
     if (this.#status === "closed") {
       throw new BackbeatError("closed", `Cannot publish on ${subject}: the bus is closed`);
     }
@@ -283,15 +350,20 @@ export class InMemoryBus extends IsolatedEventTarget<BusEventMap> implements Bus
         `Cannot publish on ${subject}: payload of ${data.byteLength} bytes exceeds the limit of ${this.maxPayload}`,
       );
     }
-    const msg: BusMessage = options?.headers
-      ? { subject, data, headers: { ...options.headers } }
-      : { subject, data };
+    const msg: BusMessage = {
+      subject,
+      data,
+      ...(headers ? { headers: { ...headers } } : {}),
+      ...(reply ? { reply } : {}),
+    };
+    let delivered = 0;
     const tokens = subject.split(".");
     let groups: Map<string, MemorySubscription[]> | undefined;
     for (const sub of this.#subs) {
       if (!matches(sub.tokens, tokens)) continue;
       if (sub.queue === undefined) {
         this.#enqueue(sub, msg);
+        delivered++;
       } else {
         groups ??= new Map();
         const g = groups.get(sub.queue);
@@ -304,8 +376,10 @@ export class InMemoryBus extends IsolatedEventTarget<BusEventMap> implements Bus
         const i = (this.#queueCursor.get(name) ?? 0) % members.length;
         this.#queueCursor.set(name, i + 1);
         this.#enqueue(members[i], msg);
+        delivered++;
       }
     }
+    return delivered;
   }
 
   subscribe(subject: string, handler: BusHandler, options?: SubscribeOptions): BusSubscription {

@@ -22,6 +22,8 @@ export const ErrorCode = {
   Key: "key",
   /** A leadership lease was lost or could not be taken. */
   Lease: "lease",
+  /** A request got no reply in time, or nobody listens on its subject. */
+  Timeout: "timeout",
   /** An operation was aborted through its AbortSignal. */
   Aborted: "aborted",
 } as const;

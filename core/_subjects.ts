@@ -8,6 +8,8 @@ export interface ClusterSubjects {
   readonly bar: string;
   /** `backbeat.<cluster>.control`: control requests (tempo changes) to pulse. */
   readonly control: string;
+  /** `backbeat.<cluster>.time`: clock requests pulse answers (request/reply), for phase alignment. */
+  readonly time: string;
 }
 
 // A NATS subject token: printable, no whitespace, no separators or wildcards.
@@ -59,5 +61,6 @@ export function subjects(clusterId: string): ClusterSubjects {
     status: `${base}.status`,
     bar: `${base}.bar`,
     control: `${base}.control`,
+    time: `${base}.time`,
   };
 }

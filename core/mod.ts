@@ -30,6 +30,7 @@ export {
   InMemoryBus,
   type InMemoryBusOptions,
   type PublishOptions,
+  type RequestOptions,
   type SubscribeOptions,
 } from "./_bus.ts";
 export {

@@ -132,12 +132,13 @@ Deno.test("windowId() is the first 32 hex digits of SHA-256(cluster:downbeat)", 
   await assert.rejects(windowId("a.b", 0), TypeError);
 });
 
-Deno.test("subjects() names the four cluster subjects and rejects non-token cluster ids", () => {
+Deno.test("subjects() names the five cluster subjects and rejects non-token cluster ids", () => {
   assert.deepEqual(subjects("chorus-dev"), {
     beat: "backbeat.chorus-dev.beat",
     status: "backbeat.chorus-dev.status",
     bar: "backbeat.chorus-dev.bar",
     control: "backbeat.chorus-dev.control",
+    time: "backbeat.chorus-dev.time",
   });
   for (const bad of ["", "a.b", "a*", ">", "a b", "x".repeat(129)]) {
     assert.throws(() => assertClusterId(bad), /Invalid cluster id .*one NATS subject token/);

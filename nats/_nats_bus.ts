@@ -18,6 +18,7 @@ import {
   type BusSubscription,
   IsolatedEventTarget,
   type PublishOptions,
+  type RequestOptions,
   type SubscribeOptions,
 } from "../core/mod.ts";
 import { resolveSecurity } from "./_auth.ts";
@@ -218,7 +219,9 @@ export class NatsBus extends IsolatedEventTarget<BusEventMap> implements NatsBus
           this.#error(`Subscription ${subject} failed: ${err.message}`, err);
           return;
         }
-        const m: BusMessage = { subject: msg.subject, data: msg.data, headers: readHeaders(msg) };
+        const m: BusMessage = msg.reply
+          ? { subject: msg.subject, data: msg.data, headers: readHeaders(msg), reply: msg.reply }
+          : { subject: msg.subject, data: msg.data, headers: readHeaders(msg) };
         try {
           handler(m);
         } catch (error) {
@@ -234,6 +237,54 @@ export class NatsBus extends IsolatedEventTarget<BusEventMap> implements NatsBus
     const protocol = (this.connection as unknown as { protocol?: { connected?: boolean } })
       .protocol;
     return this.#status === "connected" && protocol?.connected !== false;
+  }
+
+  async request(
+    subject: string,
+    data: Uint8Array,
+    options: RequestOptions = {},
+  ): Promise<BusMessage> {
+    const timeout = options.timeoutMs ?? 1_000;
+    if (!(timeout > 0 && Number.isFinite(timeout))) {
+      throw new RangeError(`Invalid timeoutMs ${timeout}: expected a number > 0`);
+    }
+    if (this.#status === "closed" || this.connection.isClosed()) {
+      throw new BackbeatError(
+        "closed",
+        `Cannot request on ${subject}: the NATS connection is closed`,
+      );
+    }
+    assertSubject(subject);
+    if (!this.#connected()) {
+      throw new BackbeatError(
+        "connection",
+        `Cannot request on ${subject}: not connected to NATS (${this.#status})`,
+      );
+    }
+    let hdrs;
+    if (options.headers) {
+      hdrs = natsHeaders();
+      for (const [k, v] of Object.entries(options.headers)) hdrs.set(k, v);
+    }
+    try {
+      const msg = await this.connection.request(subject, data, { timeout, headers: hdrs });
+      return { subject: msg.subject, data: msg.data, headers: readHeaders(msg) };
+    } catch (cause) {
+      // nats.js wraps both in a RequestError (its cause says which).
+      const inner = cause instanceof natsErrors.RequestError ? cause.cause ?? cause : cause;
+      const noResponders = inner instanceof natsErrors.NoRespondersError ||
+        (cause instanceof natsErrors.RequestError && cause.isNoResponders());
+      const timedOut = inner instanceof natsErrors.TimeoutError;
+      throw new BackbeatError(
+        noResponders || timedOut ? "timeout" : "connection",
+        noResponders
+          ? `No responders for request on ${subject}`
+          : timedOut
+          ? `No reply to request on ${subject} within ${timeout} ms`
+          : `Cannot request on ${subject}: ${(cause as Error).message}`,
+        { cause },
+      );
+    }
   }
 
   async flush(): Promise<void> {

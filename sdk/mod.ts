@@ -73,6 +73,7 @@ export {
   InMemoryBus,
   type InMemoryBusOptions,
   type PublishOptions,
+  type RequestOptions,
   type SubscribeOptions,
 } from "../core/mod.ts";
 export {

@@ -56,6 +56,38 @@ function contract(name: string, make: Factory) {
     }
   });
 
+  Deno.test(`${name}: request and reply; no responders and no reply are timeout errors`, async () => {
+    const { bus, peer, done } = await make();
+    try {
+      const sub = peer.subscribe("backbeat.c1.time", (m) => {
+        if (m.reply) peer.publish(m.reply, enc.encode(`pong ${dec.decode(m.data)}`));
+      });
+      const silent = peer.subscribe("backbeat.c1.silent", () => {});
+      await peer.flush();
+      const reply = await bus.request("backbeat.c1.time", enc.encode("1"), { timeoutMs: 2_000 });
+      assert.equal(dec.decode(reply.data), "pong 1");
+      const t0 = performance.now();
+      await assert.rejects(
+        bus.request("backbeat.c1.nobody", enc.encode("?"), { timeoutMs: 5_000 }),
+        (e) =>
+          e instanceof BackbeatError && e.code === "timeout" && /No responders/.test(e.message),
+      );
+      assert.ok(
+        performance.now() - t0 < 2_500,
+        "no responders is known without waiting out the timeout",
+      );
+      await assert.rejects(
+        bus.request("backbeat.c1.silent", enc.encode("?"), { timeoutMs: 100 }),
+        (e) =>
+          e instanceof BackbeatError && e.code === "timeout" && /within 100 ms/.test(e.message),
+      );
+      sub.unsubscribe();
+      silent.unsubscribe();
+    } finally {
+      await done();
+    }
+  });
+
   Deno.test(`${name}: a queue group shares messages, each delivered once`, async () => {
     const { bus, peer, done } = await make();
     try {

@@ -6,6 +6,7 @@ import {
   type BeatFrame,
   type Bus,
   type BusHandler,
+  type BusMessage,
   type BusStatus,
   type BusStatusDetail,
   type BusSubscription,
@@ -13,6 +14,7 @@ import {
   InMemoryBus,
   type Logger,
   type PublishOptions,
+  type RequestOptions,
   type SubscribeOptions,
 } from "../mod.ts";
 
@@ -76,6 +78,15 @@ export class SwitchBus extends EventTarget implements Bus {
       throw new BackbeatError("connection", `Cannot publish on ${subject}: disconnected`);
     }
     this.inner.publish(subject, data, options);
+  }
+
+  request(subject: string, data: Uint8Array, options?: RequestOptions): Promise<BusMessage> {
+    if (this.#status !== "connected") {
+      return Promise.reject(
+        new BackbeatError("connection", `Cannot request on ${subject}: disconnected`),
+      );
+    }
+    return this.inner.request(subject, data, options);
   }
 
   subscribe(subject: string, handler: BusHandler, options?: SubscribeOptions): BusSubscription {
