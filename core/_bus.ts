@@ -307,30 +307,30 @@ export class InMemoryBus extends IsolatedEventTarget<BusEventMap> implements Bus
     }
     const inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
     return new Promise<BusMessage>((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
+      // Delivery is asynchronous, so the reply handler never runs before `timer` is set.
       const sub = this.subscribe(inbox, (m) => {
         clearTimeout(timer);
         sub.unsubscribe();
         resolve(m);
       });
-      try {
-        if (this.#publish(subject, data, options.headers, inbox) === 0) {
-          // As NATS answers at once when no subscription matches.
-          sub.unsubscribe();
-          reject(new BackbeatError("timeout", `No responders for request on ${subject}`));
-          return;
-        }
-      } catch (error) {
-        sub.unsubscribe();
-        reject(error);
-        return;
-      }
-      timer = setTimeout(() => {
+      const timer = setTimeout(() => {
         sub.unsubscribe();
         reject(
           new BackbeatError("timeout", `No reply to request on ${subject} within ${timeoutMs} ms`),
         );
       }, timeoutMs);
+      try {
+        if (this.#publish(subject, data, options.headers, inbox) === 0) {
+          // As NATS answers at once when no subscription matches.
+          clearTimeout(timer);
+          sub.unsubscribe();
+          reject(new BackbeatError("timeout", `No responders for request on ${subject}`));
+        }
+      } catch (error) {
+        clearTimeout(timer);
+        sub.unsubscribe();
+        reject(error);
+      }
     });
   }
 

@@ -261,6 +261,8 @@ export const SignatureDomain = {
   StatusClaim: "backbeat.statusclaim.v1",
   /** An operator's control message (a tempo change), bound to the cluster. */
   Control: "backbeat.control.v1",
+  /** Pulse's answer to a clock request, bound to the cluster. */
+  Time: "backbeat.time.v1",
 } as const;
 /** One of {@linkcode SignatureDomain}'s values. */
 export type SignatureDomain = typeof SignatureDomain[keyof typeof SignatureDomain];

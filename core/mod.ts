@@ -124,6 +124,13 @@ export {
 } from "./_signing.ts";
 export { assertClusterId, type ClusterSubjects, subjects } from "./_subjects.ts";
 export {
+  type AnswerTimeOptions,
+  answerTimeRequests,
+  type RequestTimeOptions,
+  requestTimeSample,
+  type TimeExchange,
+} from "./_time_sync.ts";
+export {
   assertTempo,
   DEFAULT_BEATS_PER_BAR,
   DEFAULT_TEMPO_BPM,
