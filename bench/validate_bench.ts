@@ -1,6 +1,6 @@
 // Validator CLI vs ajv-cli, on the same 10,000 message files in the same run.
 //
-//   deno run -A bench/validate_bench.ts [--files N] [--rounds N] [--write]
+//   deno run -A bench/validate_bench.ts [--files N] [--lines N] [--rounds N] [--write]
 //
 // Generates N message files (the three v1 types, one in five invalid) in a temporary
 // directory, then times, round by round, `deno run --allow-read schemas/validate.ts --dir DIR`
@@ -8,8 +8,9 @@
 // it runs once per message type over that type's files, and its three times are summed. It gets
 // the same options as our validator: all errors, strict mode, ajv-formats and the `version`
 // annotation keyword. ajv-cli is installed with npm into a temporary prefix on first use.
-// Reports medians and the ratio; --write replaces the "Validator CLI vs ajv-cli" section of
-// bench/RESULTS.md.
+// Each round also times our CLI streaming N NDJSON lines (the same messages, compact, default
+// 100,000) through `--message -`, informational: ajv-cli has no such mode. Reports medians and
+// the ratio; --write replaces the "Validator CLI vs ajv-cli" section of bench/RESULTS.md.
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const HEADING = "## Validator CLI vs ajv-cli";
@@ -21,6 +22,7 @@ function flag(name: string, fallback: number): number {
   return i === -1 ? fallback : Number(Deno.args[i + 1]);
 }
 const FILES = flag("--files", 10_000);
+const LINES = flag("--lines", 100_000);
 const ROUNDS = flag("--rounds", 5);
 const WRITE = Deno.args.includes("--write");
 
@@ -90,6 +92,16 @@ const BREAKS: Record<Kind, Record<string, unknown>[]> = {
   ],
 };
 
+/** Message number i: the three types in turn, one in five breaking one rule. */
+function message(i: number): { kind: Kind; invalid: boolean; body: Record<string, unknown> } {
+  const kind = TYPES[i % 3];
+  const body = { ...BASE[kind], beat_index: i } as Record<string, unknown>;
+  if (kind === "barreport") delete body.beat_index;
+  const invalid = i % 5 === 0;
+  if (invalid) Object.assign(body, BREAKS[kind][(i / 5) % 5 | 0]);
+  return { kind, invalid, body };
+}
+
 async function generate(dir: string): Promise<Record<Kind, { valid: number; invalid: number }>> {
   const counts = {
     beatframe: { valid: 0, invalid: 0 },
@@ -98,18 +110,33 @@ async function generate(dir: string): Promise<Record<Kind, { valid: number; inva
   };
   const writes: Promise<void>[] = [];
   for (let i = 0; i < FILES; i++) {
-    const kind = TYPES[i % 3];
-    const message = { ...BASE[kind], beat_index: i } as Record<string, unknown>;
-    if (kind === "barreport") delete message.beat_index;
-    const invalid = i % 5 === 0;
-    if (invalid) Object.assign(message, BREAKS[kind][(i / 5) % 5 | 0]);
+    const { kind, invalid, body } = message(i);
     counts[kind][invalid ? "invalid" : "valid"]++;
     const name = `${dir}/${kind}-${String(i).padStart(5, "0")}.json`;
-    writes.push(Deno.writeTextFile(name, JSON.stringify(message, null, 2) + "\n"));
+    writes.push(Deno.writeTextFile(name, JSON.stringify(body, null, 2) + "\n"));
     if (writes.length >= 256) await Promise.all(writes.splice(0));
   }
   await Promise.all(writes);
   return counts;
+}
+
+/** Writes LINES messages as NDJSON to `path`; returns how many are invalid. */
+async function generateNdjson(path: string): Promise<number> {
+  const file = await Deno.open(path, { write: true, create: true, truncate: true });
+  const writer = file.writable.getWriter();
+  const encoder = new TextEncoder();
+  let invalid = 0;
+  for (let i = 0; i < LINES; i += 1000) {
+    let chunk = "";
+    for (let j = i; j < Math.min(i + 1000, LINES); j++) {
+      const m = message(j);
+      if (m.invalid) invalid++;
+      chunk += JSON.stringify(m.body) + "\n";
+    }
+    await writer.write(encoder.encode(chunk));
+  }
+  await writer.close();
+  return invalid;
 }
 
 async function ensureAjvCli(): Promise<{ cli: string; setup: string }> {
@@ -170,6 +197,28 @@ async function timed(cmd: string, args: string[]): Promise<Timed> {
 
 const ours = (dir: string, permission = "--allow-read") =>
   timed(Deno.execPath(), ["run", permission, "schemas/validate.ts", "--dir", dir]);
+
+/** Our CLI reading an NDJSON file on stdin, as `cat FILE | backbeat-validate --message -`. */
+async function oursNdjson(path: string): Promise<Timed> {
+  const start = performance.now();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-read", "schemas/validate.ts", "--message", "-"],
+    cwd: ROOT,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const input = await Deno.open(path);
+  const [out] = await Promise.all([child.output(), input.readable.pipeTo(child.stdin)]);
+  const ms = performance.now() - start;
+  const decoder = new TextDecoder();
+  return {
+    ms,
+    stdout: decoder.decode(out.stdout),
+    stderr: decoder.decode(out.stderr),
+    code: out.code,
+  };
+}
 
 async function ajvCli(
   ajv: { cli: string; setup: string },
@@ -232,10 +281,19 @@ try {
   if (warmAjv.valid !== expectedValid || warmAjv.invalid !== expectedInvalid) {
     throw new Error(`ajv-cli reported ${warmAjv.valid} valid, ${warmAjv.invalid} invalid`);
   }
+  // The NDJSON file lives beside the message directory, not in it (it is no *.json file anyway).
+  const ndjson = `${dir}.ndjson`;
+  const ndjsonInvalid = await generateNdjson(ndjson);
+  const warmLines = await oursNdjson(ndjson);
+  const linesSummary = warmLines.stdout.trimEnd().split("\n").at(-1);
+  if (linesSummary !== `${LINES - ndjsonInvalid} passed, ${ndjsonInvalid} failed`) {
+    throw new Error(`our CLI reported "${linesSummary}" on ${LINES} NDJSON lines`);
+  }
 
   const oursMs: number[] = [];
   const ajvMs: number[] = [];
   const allMs: number[] = [];
+  const linesMs: number[] = [];
   const ratios: number[] = [];
   for (let round = 1; round <= ROUNDS; round++) {
     // Alternate the order so drift on a shared machine hits both alike.
@@ -254,10 +312,13 @@ try {
     // Informational: the same run with every permission granted, which skips Deno's per-file
     // read-permission check (path resolution on each open).
     allMs.push((await ours(dir, "-A")).ms);
+    linesMs.push((await oursNdjson(ndjson)).ms);
     console.error(
       `round ${round}: backbeat-validate ${a.toFixed(0)} ms (-A: ${
         allMs.at(-1)!.toFixed(0)
-      } ms), ajv-cli ${b.toFixed(0)} ms, ratio ${(b / a).toFixed(2)}×`,
+      } ms), ajv-cli ${b.toFixed(0)} ms, ratio ${(b / a).toFixed(2)}×; ${LINES} NDJSON lines ${
+        linesMs.at(-1)!.toFixed(0)
+      } ms`,
     );
   }
   const oursMedian = median(oursMs);
@@ -272,6 +333,9 @@ try {
   const allRow = `| same, ours run with \`-A\` (informational) | ${median(allMs).toFixed(0)} ms | ${
     ajvMedian.toFixed(0)
   } ms | ${(ajvMedian / median(allMs)).toFixed(2)}× | |`;
+  const linesRow = `| ${LINES} NDJSON lines on stdin, \`--message -\` (informational) | ${
+    median(linesMs).toFixed(0)
+  } ms | — | | |`;
   const cpu = (await version("sh", ["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]))
     .trim();
   const section = `${HEADING}
@@ -285,11 +349,14 @@ against one schema per run, so it runs once per type over that type's files
 --all-errors --errors=text\`, setup.js adding ajv-formats and the \`version\` keyword) and its
 three wall times are summed. Medians of ${ROUNDS} alternating rounds after one warm-up each;
 the speed-up is the median of the per-round ratios (and the ratio of the fastest runs of each).
+The NDJSON row streams ${LINES} of the same messages (compact, one a line) through
+\`--message -\` in one process; ajv-cli has no streaming mode, so it has no counterpart.
 
 | Input | backbeat-validate | ajv-cli (3 runs) | Speed-up | Goal |
 |-------|-------------------|------------------|----------|------|
 ${row}
 ${allRow}
+${linesRow}
 
 Where our time goes (CPU profile of the CLI on these files): about 65 ms is Deno's own start-up,
 and close to half of the rest is \`open\` of the 10,000 files, because under \`--allow-read\`
@@ -328,4 +395,5 @@ Environment: ${await version(Deno.execPath(), ["--version"])}, node ${await vers
   }
 } finally {
   await Deno.remove(dir, { recursive: true });
+  await Deno.remove(`${dir}.ndjson`).catch(() => {});
 }

@@ -1,9 +1,16 @@
 // The backbeat-validate command. validate.ts only wires it to the process; everything here takes
 // its streams as arguments so tests drive it in memory.
 
-import { DEFAULT_MAX_ERRORS, MessageValidator, type ValidationResult } from "./_validator.ts";
+import { isAbsolute } from "node:path";
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
+import {
+  DEFAULT_MAX_ERRORS,
+  loadSchemaDirectory,
+  MessageValidator,
+  validateJsonText,
+  type ValidationResult,
+} from "./_validator.ts";
 import type { ValidationError } from "./_messages_text.ts";
-import { jsonSyntaxError } from "./_json_position.ts";
 
 /** The streams {@linkcode runValidateCli} reads and writes. */
 export interface ValidateCliIo {
@@ -14,8 +21,14 @@ export interface ValidateCliIo {
   stdin?: ReadableStream<Uint8Array>;
   /** Where results and the summary go. */
   stdout: WritableStream<Uint8Array>;
-  /** Where usage errors go. */
+  /** Where usage errors and "no messages found" go. */
   stderr: WritableStream<Uint8Array>;
+  /**
+   * The absolute directory relative paths (`--file`, `--dir`, `--schemas`) are resolved against;
+   * results still name paths as given. `validate.ts` passes the caller's directory.
+   * @default {Deno.cwd()}
+   */
+  cwd?: string;
 }
 
 /** Largest single input (a file, or a stdin document) the CLI reads: 16 MiB. */
@@ -25,7 +38,10 @@ export const MAX_LINE_CHARS: number = 1024 * 1024;
 
 /** Exit status: everything checked (and valid, when `--exit-code` is set). */
 const EXIT_OK = 0;
-/** Exit status with `--exit-code` when at least one message was invalid or unreadable. */
+/**
+ * Exit status with `--exit-code` when at least one message was invalid or unreadable, and with
+ * or without it when a `--dir` or stdin held no message at all.
+ */
 const EXIT_INVALID = 1;
 /** Exit status for a bad command line or unusable schemas. */
 const EXIT_USAGE = 2;
@@ -45,12 +61,17 @@ Options:
   --schemas DIR   load every *.json schema of DIR instead of the built-in ones
   --json          machine-readable report: one JSON document
                   {"results":[...],"summary":{"passed":N,"failed":N}}, written as it goes
+                  (the summary adds "problems":[...] when an input held no message)
   --quiet         report only failures (and the summary)
   --exit-code     exit with status 1 when any message is invalid or unreadable
   -h, --help      show this help
 
 Human output: "✓ path (type)" per valid message, "✗ path: reason (at /pointer)" per problem,
-and a last line "N passed, N failed". Exit status 2 means a bad command line or bad schemas.
+and a last line "N passed, N failed". A --dir with no *.json file below it, or an empty stdin,
+prints "no messages found in ..." on stderr and exits 1, with or without --exit-code: checking
+nothing is an error. Exit status 2 means a bad command line or bad schemas. Relative paths are
+resolved against the directory the command was run from (under deno task: INIT_CWD, when
+--allow-env=INIT_CWD is granted).
 `;
 
 type Input =
@@ -70,69 +91,101 @@ interface Options {
 /** Thrown by the argument parser; becomes exit status 2. */
 class UsageError extends Error {}
 
-function parseArgs(args: readonly string[]): Options {
-  const options: Options = { inputs: [], json: false, quiet: false, exitCode: false, help: false };
+// The flags as node:util's parseArgs reads them. The inputs are repeatable and are read from the
+// tokens, which keep them in the order given (`values` would group them by flag).
+const FLAGS = {
+  schemas: { type: "string" },
+  file: { type: "string", multiple: true },
+  dir: { type: "string", multiple: true },
+  message: { type: "string", multiple: true },
+  json: { type: "boolean" },
+  quiet: { type: "boolean" },
+  "exit-code": { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const satisfies ParseArgsOptionsConfig;
+
+type StrictParse = { args: string[]; options: typeof FLAGS; strict: true; tokens: true };
+type LenientParse = {
+  args: string[];
+  options: typeof FLAGS;
+  strict: false;
+  allowPositionals: true;
+  tokens: true;
+};
+type Parsed = ReturnType<typeof parseArgs<StrictParse>>;
+type LenientToken = ReturnType<typeof parseArgs<LenientParse>>["tokens"][number];
+
+function parseCommandLine(args: readonly string[]): Options {
+  // `deno task validate -- --help` hands the `--` on; a leading one means nothing here.
+  const rest = args[0] === "--" ? args.slice(1) : [...args];
+  let parsed: Parsed;
+  try {
+    parsed = parseArgs({ args: rest, options: FLAGS, strict: true, tokens: true });
+  } catch (error) {
+    throw new UsageError(diagnose(rest) ?? errorText(error));
+  }
+  const { values, tokens } = parsed;
+  const options: Options = {
+    schemas: values.schemas,
+    inputs: [],
+    json: values.json === true,
+    quiet: values.quiet === true,
+    exitCode: values["exit-code"] === true,
+    help: values.help === true,
+  };
   let readsStdin = false;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    const eq = arg.startsWith("--") ? arg.indexOf("=") : -1;
-    const flag = eq === -1 ? arg : arg.slice(0, eq);
-    const value = (): string => {
-      if (eq !== -1) return arg.slice(eq + 1);
-      const next = args[++i];
-      if (next === undefined) throw new UsageError(`${flag} needs a value`);
-      return next;
-    };
-    const noValue = () => {
-      if (eq !== -1) throw new UsageError(`${flag} takes no value`);
-    };
-    switch (flag) {
-      case "--schemas":
-        options.schemas = value();
-        break;
-      case "--file":
-        options.inputs.push({ kind: "file", path: value() });
-        break;
-      case "--dir":
-        options.inputs.push({ kind: "dir", path: value() });
-        break;
-      case "--message": {
-        const text = value();
-        if (text === "-") {
-          if (readsStdin) {
-            throw new UsageError("--message - can be given once (stdin is read once)");
-          }
-          readsStdin = true;
-        }
-        options.inputs.push({ kind: "message", text: text === "-" ? null : text });
-        break;
+  for (const token of tokens) {
+    if (token.kind !== "option" || token.value === undefined) continue;
+    if (token.name === "file" || token.name === "dir") {
+      options.inputs.push({ kind: token.name, path: token.value });
+    } else if (token.name === "message") {
+      const stdin = token.value === "-";
+      if (stdin && readsStdin) {
+        throw new UsageError("--message - can be given once (stdin is read once)");
       }
-      case "--json":
-        noValue();
-        options.json = true;
-        break;
-      case "--quiet":
-        noValue();
-        options.quiet = true;
-        break;
-      case "--exit-code":
-        noValue();
-        options.exitCode = true;
-        break;
-      case "-h":
-      case "--help":
-        options.help = true;
-        break;
-      default:
-        throw new UsageError(
-          arg.startsWith("-") ? `unknown option ${flag}` : `unexpected argument ${arg}`,
-        );
+      readsStdin ||= stdin;
+      options.inputs.push({ kind: "message", text: stdin ? null : token.value });
     }
   }
   if (!options.help && options.inputs.length === 0) {
     throw new UsageError("nothing to validate: give --file, --dir or --message");
   }
   return options;
+}
+
+/**
+ * Names what is wrong with a command line the strict parse refused, in this CLI's words (node's
+ * own messages are long and name no fix). Re-reads it leniently and blames the first bad token;
+ * `undefined` when it finds none, and the caller falls back to node's message.
+ */
+function diagnose(args: string[]): string | undefined {
+  let tokens: LenientToken[];
+  try {
+    ({ tokens } = parseArgs({
+      args,
+      options: FLAGS,
+      strict: false,
+      allowPositionals: true,
+      tokens: true,
+    }));
+  } catch {
+    return undefined;
+  }
+  for (const token of tokens) {
+    if (token.kind === "positional") return `unexpected argument ${token.value}`;
+    if (token.kind !== "option") continue;
+    if (!Object.hasOwn(FLAGS, token.name)) return `unknown option ${token.rawName}`;
+    const flag = token.rawName;
+    if (FLAGS[token.name as keyof typeof FLAGS].type === "boolean") {
+      if (token.value !== undefined) return `${flag} takes no value`;
+    } else if (token.value === undefined) {
+      return `${flag} needs a value`;
+    } else if (!token.inlineValue && token.value.length > 1 && token.value.startsWith("-")) {
+      // Strict parsing refuses `--file --json`: most likely the value was forgotten.
+      return `${flag} needs a value, not the option ${token.value} (write ${flag}=${token.value} for a value starting with "-")`;
+    }
+  }
+  return undefined;
 }
 
 /**
@@ -183,9 +236,25 @@ class Output {
 class Reporter {
   passed = 0;
   failed = 0;
+  /** Sentences about inputs that held no message; each also went to stderr. */
+  readonly problems: string[] = [];
   #first = true;
 
-  constructor(readonly out: Output, readonly json: boolean, readonly quiet: boolean) {}
+  constructor(
+    readonly out: Output,
+    readonly err: Output,
+    readonly json: boolean,
+    readonly quiet: boolean,
+  ) {}
+
+  /** Records an input that yielded no message at all. */
+  async nothingIn(what: string): Promise<void> {
+    const problem = `no messages found in ${what}`;
+    this.problems.push(problem);
+    // On stderr even with --json: the report usually goes to a file, and a CI log should still
+    // say why the job failed.
+    await this.err.write(`backbeat-validate: ${problem}\n`);
+  }
 
   async start(): Promise<void> {
     if (this.json) await this.out.write('{"results":[');
@@ -218,10 +287,12 @@ class Reporter {
   }
 
   async finish(): Promise<void> {
-    const { passed, failed } = this;
+    const { passed, failed, problems } = this;
+    // `problems` only when there are some, so a clean report keeps its shape.
+    const summary = problems.length === 0 ? { passed, failed } : { passed, failed, problems };
     await this.out.write(
       this.json
-        ? `${this.#first ? "" : "\n"}],"summary":${JSON.stringify({ passed, failed })}}\n`
+        ? `${this.#first ? "" : "\n"}],"summary":${JSON.stringify(summary)}}\n`
         : `${passed} passed, ${failed} failed\n`,
     );
   }
@@ -235,15 +306,9 @@ function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** Parses then validates, numbering JSON syntax errors from `firstLine`. */
+/** Parses then validates, numbering JSON syntax errors and repeated keys from `firstLine`. */
 function check(validator: MessageValidator, text: string, firstLine = 1): ValidationResult {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (error) {
-    return { valid: false, type: null, errors: [jsonSyntaxError(text, error, firstLine)] };
-  }
-  return validator.validateMessage(value);
+  return validateJsonText(validator, text, firstLine);
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -302,23 +367,33 @@ function checkFile(
   return typeof text === "string" ? check(validator, text) : text;
 }
 
-function isAbsolute(path: string): boolean {
-  return path.startsWith("/") || path.startsWith("\\") || /^[A-Za-z]:[\\/]/.test(path);
+/**
+ * `path` resolved against `cwd` (absolute). Joined, not `path.resolve`d: resolve folds `..`
+ * lexically, which is not what the system does when the component before it is a symlink.
+ */
+function resolveAgainst(cwd: string, path: string): string {
+  return isAbsolute(path) ? path : `${cwd.replace(/[\\/]+$/, "")}/${path}`;
 }
 
 /**
- * Validates every `*.json` file under `dir`, sorted by name at each level, recursing into
- * subdirectories; symlinks to files count, symlinks to directories are not followed (no cycles).
- * A plain loop rather than a generator of paths: this is the hot path of `--dir`.
+ * Validates every `*.json` file under `dir` (shown as given, read at `absoluteDir`), sorted by
+ * name at each level, recursing into subdirectories; symlinks to files count, symlinks to
+ * directories are not followed (no cycles). A plain loop rather than a generator of paths: this
+ * is the hot path of `--dir`.
  */
-async function checkDir(validator: MessageValidator, dir: string, reporter: Reporter) {
+async function checkDir(
+  validator: MessageValidator,
+  dir: string,
+  absoluteDir: string,
+  reporter: Reporter,
+): Promise<void> {
   // Names only (10,000 DirEntry objects cost a visible garbage-collection pause); the few
   // directories and symlinks are remembered in sets.
   const names: string[] = [];
   const dirs = new Set<string>();
   const links = new Set<string>();
   try {
-    for (const entry of Deno.readDirSync(dir)) {
+    for (const entry of Deno.readDirSync(absoluteDir)) {
       if (entry.isDirectory) dirs.add(entry.name);
       else if (!entry.name.endsWith(".json")) continue;
       else if (entry.isSymlink) links.add(entry.name);
@@ -335,13 +410,13 @@ async function checkDir(validator: MessageValidator, dir: string, reporter: Repo
   }
   names.sort(); // by UTF-16 code units: stable across platforms and locales
   const base = dir.endsWith("/") ? dir : `${dir}/`;
-  // Files are opened by absolute path (Deno resolves a relative one against the working
-  // directory on every open) but reported as the user wrote them.
-  const absoluteBase = isAbsolute(base) ? base : `${Deno.cwd()}/${base}`;
+  // Files are opened by absolute path (the caller's directory may not be the process's, and
+  // Deno resolves a relative path on every open) but reported as the user wrote them.
+  const absoluteBase = absoluteDir.endsWith("/") ? absoluteDir : `${absoluteDir}/`;
   for (const name of names) {
     const path = base + name;
     if (dirs.has(name)) {
-      await checkDir(validator, path, reporter);
+      await checkDir(validator, path, absoluteBase + name, reporter);
       continue;
     }
     let result: ValidationResult;
@@ -350,7 +425,7 @@ async function checkDir(validator: MessageValidator, dir: string, reporter: Repo
     } else {
       // A link to a file counts; a link to a directory is not followed (no cycles).
       try {
-        if (!Deno.statSync(path).isFile) continue;
+        if (!Deno.statSync(absoluteBase + name).isFile) continue;
         result = checkFile(validator, absoluteBase + name, false);
       } catch (error) {
         result = failure("read", `cannot read file: ${errorText(error)}`);
@@ -441,9 +516,10 @@ async function checkStdin(
     }
     if (mode === "lines") {
       if (carry !== "" && !skipping) await lineDone(carry);
-    } else {
+    } else if (/[^ \t\r\n]/.test(carry)) {
       await reporter.report("stdin", undefined, check(validator, carry));
     }
+    // Else stdin was empty or blank: no message, which runInputs reports as such.
   } finally {
     reader.releaseLock();
   }
@@ -474,12 +550,15 @@ function looksLikeOneMessage(line: string): boolean {
  * Runs `backbeat-validate` with the given arguments and streams. Never throws for bad input:
  * unreadable files, malformed JSON and invalid messages are reported as failures.
  *
- * @param args The command-line arguments (without the program name).
- * @param io Standard input (read only for `--message -`), output and error streams. Their locks
- * are released, not closed, when it returns.
+ * @param args The command-line arguments (without the program name; one leading `--` is
+ * ignored).
+ * @param io Standard input (read only for `--message -`), output and error streams, and the
+ * directory relative paths are resolved against. The streams' locks are released, not closed,
+ * when it returns.
  * @returns The exit status: 0 when everything was checked (and valid, with `--exit-code`),
- * 1 with `--exit-code` when anything was invalid or unreadable, 2 for a bad command line or
- * unusable `--schemas`.
+ * 1 with `--exit-code` when anything was invalid or unreadable, and also without it when a
+ * `--dir` or stdin held no message at all; 2 for a bad command line or unusable `--schemas`.
+ * @throws {TypeError} When `io.cwd` is given but is not an absolute path.
  *
  * @example Validate a directory in process
  * ```ts ignore
@@ -492,11 +571,15 @@ function looksLikeOneMessage(line: string): boolean {
  * ```
  */
 export async function runValidateCli(args: readonly string[], io: ValidateCliIo): Promise<number> {
+  if (io.cwd !== undefined && (typeof io.cwd !== "string" || !isAbsolute(io.cwd))) {
+    throw new TypeError(`Cannot run backbeat-validate: cwd ${io.cwd} is not an absolute path`);
+  }
+  const cwd = io.cwd ?? Deno.cwd();
   const err = new Output(io.stderr);
   try {
     let options: Options;
     try {
-      options = parseArgs(args);
+      options = parseCommandLine(args);
     } catch (error) {
       if (!(error instanceof UsageError)) throw error;
       await err.write(`backbeat-validate: ${error.message}\nRun with --help for usage.\n`);
@@ -512,17 +595,23 @@ export async function runValidateCli(args: readonly string[], io: ValidateCliIo)
     try {
       validator = options.schemas === undefined
         ? new MessageValidator({ maxErrors: DEFAULT_MAX_ERRORS })
-        : await MessageValidator.fromDirectory(options.schemas);
+        : await loadSchemaDirectory(resolveAgainst(cwd, options.schemas), options.schemas, {
+          maxErrors: DEFAULT_MAX_ERRORS,
+        });
     } catch (error) {
       await err.write(`backbeat-validate: ${errorText(error)}\n`);
       return EXIT_USAGE;
     }
     const out = new Output(io.stdout);
     try {
-      const reporter = new Reporter(out, options.json, options.quiet);
+      const reporter = new Reporter(out, err, options.json, options.quiet);
       await reporter.start();
-      await runInputs(validator, options.inputs, io.stdin, reporter);
+      await runInputs(validator, options.inputs, io.stdin, cwd, reporter);
       await reporter.finish();
+      // Checking nothing fails even without --exit-code: that flag is about whether messages
+      // are valid, while an empty or mistyped --dir means the job checked nothing at all, and
+      // a CI step must not pass on that.
+      if (reporter.problems.length > 0) return EXIT_INVALID;
       return options.exitCode && reporter.failed > 0 ? EXIT_INVALID : EXIT_OK;
     } finally {
       await out.release();
@@ -536,19 +625,26 @@ async function runInputs(
   validator: MessageValidator,
   inputs: readonly Input[],
   stdin: ReadableStream<Uint8Array> | undefined,
+  cwd: string,
   reporter: Reporter,
 ): Promise<void> {
   for (const input of inputs) {
+    const before = reporter.passed + reporter.failed;
     if (input.kind === "dir") {
-      await checkDir(validator, input.path, reporter);
+      await checkDir(validator, input.path, resolveAgainst(cwd, input.path), reporter);
     } else if (input.kind === "file") {
-      await reporter.report(input.path, undefined, checkFile(validator, input.path, false));
+      const result = checkFile(validator, resolveAgainst(cwd, input.path), false);
+      await reporter.report(input.path, undefined, result);
     } else if (input.text !== null) {
       await reporter.report("argument", undefined, check(validator, input.text));
     } else if (stdin === undefined) {
       await reporter.report("stdin", undefined, failure("read", "no standard input available"));
     } else {
       await checkStdin(validator, stdin, reporter);
+    }
+    // A --file or --message always yields a result; a directory or stdin may yield none.
+    if (reporter.passed + reporter.failed === before) {
+      await reporter.nothingIn(input.kind === "dir" ? input.path : "stdin");
     }
   }
 }

@@ -9,15 +9,16 @@ export interface ValidationError {
   path: string;
   /**
    * What kind of rule failed: a JSON Schema keyword (`required`, `pattern`, `enum`, …), or one of
-   * BACKBEAT's own: `json` (not parseable), `type` (missing or unknown message type), `beatRange`
-   * (to_beat below from_beat), `read` (the CLI could not read the input).
+   * BACKBEAT's own: `json` (not parseable), `duplicateKey` (a key repeated in one object of a
+   * text), `depth` (nested too deeply to validate), `type` (missing or unknown message type),
+   * `beatRange` (to_beat below from_beat), `read` (the CLI could not read the input).
    */
   keyword: string;
   /** A sentence for people, e.g. `hlc must match pattern XXXX:XXXX:XXXX (hex)`. */
   message: string;
-  /** 1-based line of a JSON syntax error (keyword `json` only). */
+  /** 1-based line of a JSON syntax error or a repeated key (keywords `json`, `duplicateKey`). */
   line?: number;
-  /** 1-based column of a JSON syntax error (keyword `json` only). */
+  /** 1-based column (UTF-16 code units) of the same (keywords `json`, `duplicateKey`). */
   column?: number;
 }
 
@@ -204,4 +205,49 @@ export const BEAT_RANGE: ValidationError = Object.freeze({
   path: "/to_beat",
   keyword: "beatRange",
   message: "to_beat must be greater than or equal to from_beat",
+});
+
+/**
+ * The message for a key repeated in one object of a JSON text. JSON.parse keeps the last value,
+ * so the earlier one would otherwise go unchecked.
+ *
+ * @param key The repeated key.
+ * @param container JSON Pointer of the object holding it.
+ * @param line 1-based line of the repeat.
+ * @param column 1-based column of the repeat.
+ */
+export function duplicateKey(
+  key: string,
+  container: string,
+  line: number,
+  column: number,
+): ValidationError {
+  const where = container === "" ? "" : ` in ${fieldName(container)}`;
+  return {
+    path: `${container}/${escapeSegment(key)}`,
+    keyword: "duplicateKey",
+    message: `duplicate key ${quote(key)}${where} at line ${line}, column ${column}`,
+    line,
+    column,
+  };
+}
+
+/**
+ * The message for a message nested deeper than the validator allows.
+ *
+ * @param max The deepest level allowed.
+ */
+export function tooDeep(max: number): ValidationError {
+  return {
+    path: "",
+    keyword: "depth",
+    message: `message nesting is too deep (more than ${max} levels of objects and arrays)`,
+  };
+}
+
+/** The message when a schema's validator ran out of call stack on a message (the fallback). */
+export const STACK_EXHAUSTED: ValidationError = Object.freeze({
+  path: "",
+  keyword: "depth",
+  message: "message nesting is too deep for this schema (its validator ran out of stack)",
 });

@@ -251,8 +251,14 @@ Deno.test("runValidateCli() --json writes one JSON document with every result", 
 
 Deno.test("runValidateCli() --json with nothing to report is still valid JSON", async () => {
   await withTempDir(async (dir) => {
-    const { stdout } = await run(["--json", "--dir", dir]);
-    assert.deepEqual(JSON.parse(stdout), { results: [], summary: { passed: 0, failed: 0 } });
+    // An empty --dir is an error since it checked nothing: status 1, and the summary says why.
+    const { code, stdout, stderr } = await run(["--json", "--dir", dir]);
+    assert.equal(code, 1);
+    assert.deepEqual(JSON.parse(stdout), {
+      results: [],
+      summary: { passed: 0, failed: 0, problems: [`no messages found in ${dir}`] },
+    });
+    assert.equal(stderr, `backbeat-validate: no messages found in ${dir}\n`);
   });
 });
 
@@ -474,5 +480,262 @@ Deno.test("validate.ts run by deno exits 1 on a directory with one bad file", as
       report.results[0].errors[0].message,
       "window_id must be exactly 32 hex characters",
     );
+  });
+});
+
+Deno.test("runValidateCli() names each command-line mistake", async () => {
+  const cases: [string[], string][] = [
+    [["--frobnicate"], "unknown option --frobnicate"],
+    [["-x", "--file", "a"], "unknown option -x"],
+    [["--file"], "--file needs a value"],
+    [["--file", "a", "--dir"], "--dir needs a value"],
+    [["--schemas"], "--schemas needs a value"],
+    [
+      ["--file", "--json"],
+      '--file needs a value, not the option --json (write --file=--json for a value starting with "-")',
+    ],
+    [["--json=yes", "--file", "x"], "--json takes no value"],
+    [["--file", "x", "--quiet=1"], "--quiet takes no value"],
+    [["--exit-code=true", "--file", "x"], "--exit-code takes no value"],
+    [["stray.json"], "unexpected argument stray.json"],
+    [["--file", "a", "--", "b"], "unexpected argument b"],
+    [["--message", "-", "--message", "-"], "--message - can be given once (stdin is read once)"],
+    [
+      ["--message=-", "--file", "a", "--message", "-"],
+      "--message - can be given once (stdin is read once)",
+    ],
+    [[], "nothing to validate: give --file, --dir or --message"],
+    [["--json", "--quiet"], "nothing to validate: give --file, --dir or --message"],
+  ];
+  for (const [args, message] of cases) {
+    const { code, stdout, stderr } = await run(args);
+    assert.equal(code, 2, args.join(" "));
+    assert.equal(stdout, "");
+    assert.equal(stderr, `backbeat-validate: ${message}\nRun with --help for usage.\n`);
+  }
+});
+
+Deno.test("runValidateCli() ignores one leading -- and takes -h for --help", async () => {
+  for (const args of [["-h"], ["--", "--help"], ["--", "-h", "--file", "x"]]) {
+    const { code, stdout } = await run(args);
+    assert.equal(code, 0, args.join(" "));
+    assert.match(stdout, /^backbeat-validate: check BACKBEAT messages/);
+  }
+  const file = examplesDir("valid/beatframe-readme.json");
+  const { code, stdout } = await run(["--", `--file=${file}`, "--exit-code"]);
+  assert.equal(code, 0);
+  assert.equal(summary(stdout), "1 passed, 0 failed");
+  // Only a leading one: a second `--` ends the options, and what follows is a stray argument.
+  assert.equal((await run(["--", "--", "--file", file])).code, 2);
+});
+
+Deno.test("runValidateCli() checks --file, --dir and --message in the order given", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/d.json`, JSON.stringify({ ...FRAME, phase: "d" }));
+    const file = (name: string) => `${dir}/${name}.json`;
+    await Deno.writeTextFile(file("a"), JSON.stringify({ ...FRAME, phase: "a" }));
+    const { stdout } = await run([
+      "--file",
+      file("a"),
+      "--message",
+      JSON.stringify({ ...FRAME, phase: "m" }),
+      `--dir=${dir}`,
+      "--file",
+      file("a"),
+      "--quiet",
+    ]);
+    const sources = stdout.trimEnd().split("\n").slice(0, -1).map((l) => l.split(":")[0]);
+    assert.deepEqual(sources, [
+      `✗ ${file("a")}`,
+      "✗ argument",
+      `✗ ${file("a")}`,
+      `✗ ${file("d")}`,
+      `✗ ${file("a")}`,
+    ]);
+  });
+});
+
+Deno.test("runValidateCli() fails when a --dir or stdin holds no message", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(`${dir}/empty/a/b`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/empty/a/notes.txt`, "not a message");
+    await Deno.mkdir(`${dir}/full`);
+    await Deno.writeTextFile(`${dir}/full/frame.json`, JSON.stringify(FRAME));
+    const empty = `${dir}/empty`;
+    // With or without --exit-code: checking nothing is an error.
+    for (const extra of [[], ["--exit-code"], ["--quiet"]]) {
+      const { code, stdout, stderr } = await run(["--dir", empty, ...extra]);
+      assert.equal(code, 1, extra.join(" "));
+      assert.equal(stdout, "0 passed, 0 failed\n");
+      assert.equal(stderr, `backbeat-validate: no messages found in ${empty}\n`);
+    }
+    // One empty input among good ones still fails the run, and is named.
+    const mixed = await run(["--dir", `${dir}/full`, "--dir", empty, "--exit-code"]);
+    assert.equal(mixed.code, 1);
+    assert.equal(summary(mixed.stdout), "1 passed, 0 failed");
+    assert.equal(mixed.stderr, `backbeat-validate: no messages found in ${empty}\n`);
+    // A full directory alone passes as before.
+    assert.equal((await run(["--dir", `${dir}/full`, "--exit-code"])).code, 0);
+  });
+  for (const text of ["", "\n\n  \n"]) {
+    const { code, stdout, stderr } = await run(["--message", "-", "--json"], text);
+    assert.equal(code, 1, JSON.stringify(text));
+    assert.deepEqual(JSON.parse(stdout).summary, {
+      passed: 0,
+      failed: 0,
+      problems: ["no messages found in stdin"],
+    });
+    assert.equal(stderr, "backbeat-validate: no messages found in stdin\n");
+  }
+});
+
+Deno.test("runValidateCli() --schemas names the schema file that fails, and why", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      `${dir}/claim.schema.json`,
+      JSON.stringify({ properties: { type: { const: "x" } }, frobnicate: true }),
+    );
+    let { code, stdout, stderr } = await run(["--schemas", dir, "--message", "{}"]);
+    assert.equal(code, 2);
+    assert.equal(stdout, "");
+    assert.match(
+      stderr,
+      new RegExp(
+        `^backbeat-validate: Cannot compile schema ${dir}/claim\\.schema\\.json: strict mode: unknown keyword: "frobnicate"\\n$`,
+      ),
+    );
+    await Deno.writeTextFile(`${dir}/claim.schema.json`, '{"type": "object"');
+    ({ code, stderr } = await run(["--schemas", dir, "--message", "{}"]));
+    assert.equal(code, 2);
+    assert.equal(
+      stderr,
+      `backbeat-validate: Cannot load schema ${dir}/claim.schema.json: invalid JSON at line 1, column 18: expected ',' or '}' after the property value, found end of input\n`,
+    );
+  });
+});
+
+Deno.test("runValidateCli() reports 100,000-deep input to a recursive schema as invalid", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(`${dir}/schemas`);
+    await Deno.writeTextFile(
+      `${dir}/schemas/nested.schema.json`,
+      JSON.stringify({
+        type: "object",
+        properties: { type: { const: "example.nested.v1" }, child: { $ref: "#" } },
+      }),
+    );
+    const depth = 100_000;
+    const deep = '{"type":"example.nested.v1","child":'.repeat(depth) + "{}" + "}".repeat(depth);
+    await Deno.writeTextFile(`${dir}/deep.json`, deep);
+    const { code, stdout, stderr } = await run([
+      "--schemas",
+      `${dir}/schemas`,
+      "--file",
+      `${dir}/deep.json`,
+      "--message",
+      deep,
+      "--exit-code",
+    ]);
+    assert.equal(code, 1, stderr);
+    const reason = "message nesting is too deep (more than 256 levels of objects and arrays)";
+    assert.deepEqual(stdout.trimEnd().split("\n"), [
+      `✗ ${dir}/deep.json: ${reason}`,
+      `✗ argument: ${reason}`,
+      "0 passed, 2 failed",
+    ]);
+  });
+});
+
+Deno.test("runValidateCli() reports a repeated key with its line, in files and NDJSON", async () => {
+  const repeated = JSON.stringify(FRAME).replace('"hlc":', '"hlc":"bad","hlc":');
+  const column = repeated.lastIndexOf('"hlc"') + 1;
+  const { code, stdout } = await run(
+    ["--message", "-", "--exit-code"],
+    `${JSON.stringify(FRAME)}\n${repeated}\n`,
+  );
+  assert.equal(code, 1);
+  assert.deepEqual(stdout.trimEnd().split("\n"), [
+    "✓ stdin:1 (backbeat.beatframe.v1)",
+    `✗ stdin:2: duplicate key "hlc" at line 2, column ${column} (at /hlc)`,
+    "1 passed, 1 failed",
+  ]);
+  const file = examplesDir("invalid/beatframe-duplicate-hlc.json");
+  const json = JSON.parse((await run(["--file", file, "--json"])).stdout);
+  assert.deepEqual(json.results[0].errors, [{
+    path: "/hlc",
+    keyword: "duplicateKey",
+    message: 'duplicate key "hlc" at line 11, column 3',
+    line: 11,
+    column: 3,
+  }]);
+});
+
+Deno.test("runValidateCli() resolves relative paths against io.cwd and prints them as given", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(`${dir}/messages/sub`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/messages/a.json`, JSON.stringify(FRAME));
+    await Deno.writeTextFile(`${dir}/messages/sub/b.json`, JSON.stringify(FRAME));
+    await Deno.symlink(`${dir}/messages/a.json`, `${dir}/messages/link.json`);
+    await Deno.mkdir(`${dir}/schemas`);
+    await Deno.copyFile(
+      new URL("./beatframe-v1.schema.json", import.meta.url),
+      `${dir}/schemas/beatframe.json`,
+    );
+    const out = collector();
+    const code = await runValidateCli(
+      ["--dir", "messages", "--file", "messages/a.json", "--schemas", "schemas", "--exit-code"],
+      { stdout: out.stream, stderr: new WritableStream(), cwd: dir },
+    );
+    assert.equal(code, 0, out.text());
+    assert.deepEqual(out.text().trimEnd().split("\n"), [
+      "✓ messages/a.json (backbeat.beatframe.v1)",
+      "✓ messages/link.json (backbeat.beatframe.v1)",
+      "✓ messages/sub/b.json (backbeat.beatframe.v1)",
+      "✓ messages/a.json (backbeat.beatframe.v1)",
+      "4 passed, 0 failed",
+    ]);
+    const bad = () =>
+      runValidateCli(["--help"], {
+        stdout: new WritableStream(),
+        stderr: new WritableStream(),
+        cwd: "relative/dir",
+      });
+    await assert.rejects(bad, TypeError);
+  });
+});
+
+Deno.test("validate.ts resolves paths against INIT_CWD, the directory deno task started in", async () => {
+  await withTempDir(async (caller) => {
+    await Deno.writeTextFile(`${caller}/good.json`, JSON.stringify(FRAME));
+    await Deno.writeTextFile(`${caller}/bad.json`, JSON.stringify({ ...FRAME, phase: "?" }));
+    const script = new URL("./validate.ts", import.meta.url).pathname;
+    const project = new URL("../", import.meta.url).pathname;
+    const deno = (permissions: string[], cwd: string, ...args: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-read", ...permissions, script, ...args],
+        cwd, // as under deno task: the project folder
+        env: { INIT_CWD: caller },
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const dir = await deno(["--allow-env=INIT_CWD"], project, "--dir", ".", "--file", "good.json");
+    assert.equal(dir.code, 0, new TextDecoder().decode(dir.stderr));
+    assert.deepEqual(new TextDecoder().decode(dir.stdout).trimEnd().split("\n"), [
+      "✗ ./bad.json: phase must be one of: plan, execute, review (at /phase)",
+      "✓ ./good.json (backbeat.beatframe.v1)",
+      "✓ good.json (backbeat.beatframe.v1)",
+      "2 passed, 1 failed",
+    ]);
+    // Without permission to read INIT_CWD it uses the working directory, and does not prompt.
+    await withTempDir(async (other) => {
+      await Deno.writeTextFile(`${other}/only.json`, JSON.stringify(FRAME));
+      const fallback = await deno([], other, "--dir", ".");
+      assert.equal(fallback.code, 0, new TextDecoder().decode(fallback.stderr));
+      assert.equal(
+        new TextDecoder().decode(fallback.stdout),
+        "✓ ./only.json (backbeat.beatframe.v1)\n1 passed, 0 failed\n",
+      );
+    });
   });
 });

@@ -6,10 +6,11 @@
  * The built-in schemas are compiled ahead of time by ajv (standalone code; `allErrors`, strict
  * mode, ajv-formats), so validation starts instantly; other schema sets are compiled once by ajv
  * at run time ({@linkcode MessageValidator.fromSchemas}). A message's `type` picks its schema.
- * Malformed JSON, a missing or unknown `type`, and BarReport's `to_beat < from_beat` (which JSON
- * Schema cannot express) are all reported as validation errors, never thrown. Error messages are
- * the ones of the contracts' troubleshooting table, e.g. `hlc must match pattern XXXX:XXXX:XXXX
- * (hex)`.
+ * Malformed JSON, a key repeated within one object of a text (JSON.parse would keep only the
+ * last value), nesting deeper than 256 levels, a missing or unknown `type`, and BarReport's
+ * `to_beat < from_beat` (which JSON Schema cannot express) are all reported as validation
+ * errors, never thrown. Error messages are the ones of the contracts' troubleshooting table,
+ * e.g. `hlc must match pattern XXXX:XXXX:XXXX (hex)`.
  *
  * @example Validate a message
  * ```ts
@@ -52,3 +53,14 @@ export {
 export { BUILTIN_SCHEMAS, type JsonSchema } from "./_builtin_schemas.ts";
 export type { ValidationError } from "./_messages_text.ts";
 export { decodeBeatFrame } from "./_decode_frame.ts";
+// The message types the functions above narrow to, so this entrypoint documents on its own.
+export type {
+  BackbeatMessage,
+  BarReport,
+  BarReportIssue,
+  BeatFrame,
+  ClaimState,
+  IssueKind,
+  Phase,
+  StatusClaim,
+} from "../core/mod.ts";

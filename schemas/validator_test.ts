@@ -162,6 +162,14 @@ Deno.test("validateMessage() reports every problem of a message at once", () => 
 
 Deno.test("validateMessage() rejects values that are not objects", () => {
   assert.equal(validateMessage(null).errors[0].message, "message must be a JSON object, not null");
+  assert.equal(
+    validateMessageString("null").errors[0].message,
+    "message must be a JSON object, not null",
+  );
+  assert.equal(
+    validateMessageString('"x"').errors[0].message,
+    "message must be a JSON object, not string",
+  );
   assert.equal(validateMessage("x").errors[0].message, "message must be a JSON object, not string");
   assert.equal(
     validateMessage([]).errors[0].message,
@@ -346,4 +354,148 @@ Deno.test("long unknown names are shortened in messages", () => {
   assert.ok(result.errors[0].message.length < 300, result.errors[0].message);
   const extra = validateMessage({ ...README_BEATFRAME, ["k".repeat(10_000)]: 1 });
   assert.ok(extra.errors[0].message.length < 300);
+});
+
+// A schema that nests itself: every level of a message is checked by the same schema.
+const RECURSIVE_SCHEMA = {
+  $id: "https://example.com/nested.schema.json",
+  type: "object",
+  properties: { type: { const: "example.nested.v1" }, child: { $ref: "#" } },
+};
+const nestedMessage = (depth: number): string =>
+  '{"type":"example.nested.v1","child":'.repeat(depth - 1) + '{"type":"example.nested.v1"}' +
+  "}".repeat(depth - 1);
+
+Deno.test("a recursive schema with 100,000-deep input reports the depth, never overflows", async () => {
+  const nested = await MessageValidator.fromSchemas([RECURSIVE_SCHEMA]);
+  const deep = nestedMessage(100_000);
+  const tooDeep = {
+    valid: false,
+    type: "example.nested.v1",
+    errors: [{
+      path: "",
+      keyword: "depth",
+      message: "message nesting is too deep (more than 256 levels of objects and arrays)",
+    }],
+  };
+  assert.deepEqual(nested.validateMessageString(deep), tooDeep);
+  assert.deepEqual(nested.validateMessage(JSON.parse(deep)), tooDeep);
+  assert.deepEqual(nested.validateMessageString(nestedMessage(257)), tooDeep);
+  // 256 levels is the limit, not past it.
+  assert.equal(nested.validateMessageString(nestedMessage(256)).valid, true);
+  assert.equal(nested.validateMessage(JSON.parse(nestedMessage(256))).valid, true);
+  // The built-in schemas refuse a deep text the same way.
+  const frame = JSON.stringify({ ...README_BEATFRAME, notes: 0 }).replace(
+    "0}",
+    `${"[".repeat(100_000)}${"]".repeat(100_000)}}`,
+  );
+  assert.equal(validateMessageString(frame).errors[0].keyword, "depth");
+});
+
+Deno.test("a validator that runs out of stack is reported, not thrown", async () => {
+  const nested = await MessageValidator.fromSchemas([RECURSIVE_SCHEMA]);
+  // A cycle has no depth to measure, so ajv recurses until the stack runs out.
+  const cyclic: Record<string, unknown> = { type: "example.nested.v1" };
+  cyclic.child = cyclic;
+  assert.deepEqual(nested.validateMessage(cyclic).errors, [{
+    path: "",
+    keyword: "depth",
+    message: "message nesting is too deep for this schema (its validator ran out of stack)",
+  }]);
+});
+
+Deno.test("validateMessageString() reports a repeated key, so the first value cannot hide", () => {
+  // JSON.parse keeps the last hlc, which is valid; the first one is not.
+  const text = JSON.stringify(README_BEATFRAME).replace('"hlc":', '"hlc":"nope","hlc":');
+  const column = text.lastIndexOf('"hlc"') + 1;
+  assert.deepEqual(validateMessageString(text), {
+    valid: false,
+    type: "backbeat.beatframe.v1",
+    errors: [{
+      path: "/hlc",
+      keyword: "duplicateKey",
+      message: `duplicate key "hlc" at line 1, column ${column}`,
+      line: 1,
+      column,
+    }],
+  });
+  // Schema errors follow the repeats.
+  const both = text.replace('"phase":"execute"', '"phase":"rest"');
+  assert.deepEqual(validateMessageString(both).errors.map((e) => e.keyword), [
+    "duplicateKey",
+    "enum",
+  ]);
+});
+
+Deno.test("validateMessageString() locates a repeated key in a nested object", () => {
+  const report = {
+    ...README_BARREPORT,
+    issues: [{ kind: "agent_silent", detail: "a" }, { kind: "late_review", detail: "b" }],
+  };
+  const text = JSON.stringify(report, null, 2).replace(
+    '"kind": "late_review"',
+    '"kind": "late_review",\n      "kind": "agent_failed"',
+  );
+  const [error, ...rest] = validateMessageString(text).errors;
+  assert.deepEqual(rest, []);
+  assert.equal(error.path, "/issues/1/kind");
+  assert.equal(error.keyword, "duplicateKey");
+  const lines = text.split("\n");
+  const line = lines.findIndex((l) => l.includes("agent_failed")) + 1;
+  assert.equal(error.message, `duplicate key "kind" in issues[1] at line ${line}, column 7`);
+  assert.deepEqual([error.line, error.column], [line, 7]);
+  // The same key in sibling objects is not a repeat, nor a key written with an escape.
+  assert.equal(validateMessageString(JSON.stringify(report)).valid, true);
+  const escaped = JSON.stringify(README_BEATFRAME).replace('"phase":', '"\\u0070hase":');
+  assert.equal(validateMessageString(escaped).valid, true);
+  assert.equal(
+    validateMessageString(escaped.replace('"hlc":', '"\\u0070hase":"plan","hlc":')).errors[0]
+      .message.startsWith('duplicate key "phase"'),
+    true,
+  );
+});
+
+Deno.test("repeated keys count against maxErrors", () => {
+  const repeats = Array.from({ length: 100 }, () => '"notes":"x"').join(",");
+  const text = JSON.stringify(README_STATUSCLAIM).replace("{", `{${repeats},`);
+  assert.equal(new MessageValidator({ maxErrors: 5 }).validateMessageString(text).errors.length, 5);
+  assert.equal(validateMessageString(text).errors.length, 50);
+});
+
+Deno.test("MessageValidator.fromDirectory() names the schema file that fails, and why", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const write = (name: string, schema: unknown) =>
+      Deno.writeTextFile(`${dir}/${name}`, JSON.stringify(schema));
+    await write("a-good.json", BUILTIN_SCHEMAS[0]);
+    await write("b-strict.json", { properties: { type: { const: "x" } }, frobnicate: true });
+    await assert.rejects(
+      MessageValidator.fromDirectory(dir),
+      (err: unknown) =>
+        err instanceof TypeError &&
+        err.message.startsWith(`Cannot compile schema ${dir}/b-strict.json: strict mode`) &&
+        err.message.includes("frobnicate"),
+    );
+    await write("b-strict.json", { type: "object" });
+    await assert.rejects(
+      MessageValidator.fromDirectory(dir),
+      new RegExp(`Cannot use schema ${dir}/b-strict\\.json: it must declare its message type`),
+    );
+    await write("b-strict.json", BUILTIN_SCHEMAS[0]);
+    await assert.rejects(
+      MessageValidator.fromDirectory(dir),
+      new RegExp(
+        `Cannot use schema ${dir}/b-strict\\.json: another schema already declares backbeat\\.beatframe\\.v1 \\(${dir}/a-good\\.json\\)`,
+      ),
+    );
+    await Deno.writeTextFile(`${dir}/b-strict.json`, '{\n  "type": "object",\n}');
+    await assert.rejects(
+      MessageValidator.fromDirectory(dir),
+      new RegExp(
+        `Cannot load schema ${dir}/b-strict\\.json: invalid JSON at line 3, column 1: expected a property name`,
+      ),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
