@@ -19,8 +19,13 @@ import {
   type ReverbHttpServer,
   serveReverbHttp,
 } from "./_http.ts";
-import { DEFAULT_MAX_CLAIM_BYTES } from "./_intake.ts";
-import { DEFAULT_MAX_CLAIM_AGE_BEATS, Reverb } from "./_reverb.ts";
+import {
+  DEFAULT_MAX_CLAIM_AGE_MS,
+  DEFAULT_MAX_CLAIM_BYTES,
+  DEFAULT_MAX_CLOCK_OFFSET_MS,
+  MAX_CLAIM_AGE_LIMIT_MS,
+} from "./_intake.ts";
+import { Reverb } from "./_reverb.ts";
 
 /** Default of `--cluster`. */
 export const DEFAULT_REVERB_CLUSTER = "chorus-dev";
@@ -37,14 +42,20 @@ export interface ReverbCliConfig {
   http: HostPort | undefined;
   /** `--keyring` / `BACKBEAT_KEYRING`. */
   keyring: string | undefined;
-  /** `--require-signatures` / `BACKBEAT_REQUIRE_SIGNATURES`. */
+  /** `--require-signatures` / `BACKBEAT_REQUIRE_SIGNATURES` (needs `--keyring`). */
   requireSignatures: boolean;
+  /** `--legacy-claim-signatures` / `BACKBEAT_LEGACY_CLAIM_SIGNATURES`. */
+  legacyClaimSignatures: boolean;
+  /** `--pulse-keyring` / `BACKBEAT_PULSE_KEYRING`. */
+  pulseKeyring: string | undefined;
   /** `--grace-ms` / `BACKBEAT_GRACE_MS`; `undefined` for a quarter beat. */
   graceMs: number | undefined;
   /** `--max-claim-bytes` / `BACKBEAT_MAX_CLAIM_BYTES`. */
   maxClaimBytes: number;
-  /** `--max-claim-age-beats` / `BACKBEAT_MAX_CLAIM_AGE_BEATS`. */
-  maxClaimAgeBeats: number;
+  /** `--max-claim-age-ms` / `BACKBEAT_MAX_CLAIM_AGE_MS`. */
+  maxClaimAgeMs: number;
+  /** `--max-clock-offset-ms` / `BACKBEAT_MAX_CLOCK_OFFSET_MS`. */
+  maxClockOffsetMs: number;
   /** `--id` / `BACKBEAT_REVERB_ID`. */
   id: string | undefined;
   /** `--log-level` / `BACKBEAT_LOG_LEVEL`. */
@@ -66,19 +77,27 @@ Flags (each falls back to the BACKBEAT_* variable shown):
   --nats URL[,URL]        NATS server(s); without it       BACKBEAT_NATS_URL
                           reverb runs on the embedded bus
   --http HOST:PORT|off    HTTP API and dashboard           BACKBEAT_REVERB_HTTP (default ${DEFAULT_REVERB_HTTP})
-  --keyring FILE          JSON keyring, reloaded on change BACKBEAT_KEYRING
-                          and on SIGHUP
-  --require-signatures    reject unsigned claims           BACKBEAT_REQUIRE_SIGNATURES
+  --keyring FILE          agents' JSON keyring, reloaded   BACKBEAT_KEYRING
+                          on change and on SIGHUP; an
+                          agent listed there must sign
+  --require-signatures    reject every unsigned claim      BACKBEAT_REQUIRE_SIGNATURES
+                          (needs --keyring)
+  --legacy-claim-signatures  also accept signatures over   BACKBEAT_LEGACY_CLAIM_SIGNATURES
+                          the payload alone (the 0.1 form)
+  --pulse-keyring FILE    pulses' keyring: only frames     BACKBEAT_PULSE_KEYRING
+                          signed by its keys are followed
   --grace-ms MS           wait after a window's end        BACKBEAT_GRACE_MS  (default: a quarter beat, <= 2000)
   --max-claim-bytes N     largest claim accepted           BACKBEAT_MAX_CLAIM_BYTES (default ${DEFAULT_MAX_CLAIM_BYTES})
-  --max-claim-age-beats N claims older than N beats are    BACKBEAT_MAX_CLAIM_AGE_BEATS (default ${DEFAULT_MAX_CLAIM_AGE_BEATS})
+  --max-claim-age-ms MS   claims with an older HLC are     BACKBEAT_MAX_CLAIM_AGE_MS (default ${DEFAULT_MAX_CLAIM_AGE_MS})
                           rejected as stale
+  --max-clock-offset-ms MS  claims with an HLC further     BACKBEAT_MAX_CLOCK_OFFSET_MS (default ${DEFAULT_MAX_CLOCK_OFFSET_MS})
+                          ahead are rejected as future
   --id ID                 this instance's id (HA holder)   BACKBEAT_REVERB_ID (default: random)
   --log-level LEVEL       debug, info, warn, error         BACKBEAT_LOG_LEVEL (default info)
   -h, --help              show this help
 
 Logs are JSON lines on stderr. SIGINT/SIGTERM stop reverb (handing the active role over);
-SIGHUP reloads the keyring.
+SIGHUP reloads the keyrings.
 `;
 
 const SPECS = [
@@ -87,9 +106,16 @@ const SPECS = [
   { name: "http", env: "BACKBEAT_REVERB_HTTP" },
   { name: "keyring", env: "BACKBEAT_KEYRING" },
   { name: "require-signatures", type: "boolean", env: "BACKBEAT_REQUIRE_SIGNATURES" },
+  {
+    name: "legacy-claim-signatures",
+    type: "boolean",
+    env: "BACKBEAT_LEGACY_CLAIM_SIGNATURES",
+  },
+  { name: "pulse-keyring", env: "BACKBEAT_PULSE_KEYRING" },
   { name: "grace-ms", env: "BACKBEAT_GRACE_MS" },
   { name: "max-claim-bytes", env: "BACKBEAT_MAX_CLAIM_BYTES" },
-  { name: "max-claim-age-beats", env: "BACKBEAT_MAX_CLAIM_AGE_BEATS" },
+  { name: "max-claim-age-ms", env: "BACKBEAT_MAX_CLAIM_AGE_MS" },
+  { name: "max-clock-offset-ms", env: "BACKBEAT_MAX_CLOCK_OFFSET_MS" },
   { name: "id", env: "BACKBEAT_REVERB_ID" },
   { name: "log-level", env: "BACKBEAT_LOG_LEVEL" },
   { name: "help", type: "boolean", short: "h" },
@@ -102,7 +128,8 @@ const SPECS = [
  * @param args Command-line arguments.
  * @param env Environment variables.
  * @returns Help requested, or the configuration.
- * @throws {TypeError} On an unknown flag, a missing value, a bad cluster id, URL or address.
+ * @throws {TypeError} On an unknown flag, a missing value, a bad cluster id, URL or address,
+ * or `--require-signatures` without `--keyring`.
  * @throws {RangeError} On a number out of range.
  *
  * @example Parse flags with an environment fallback
@@ -139,9 +166,23 @@ export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): Rev
   if (keyring !== undefined && keyring.trim() === "") {
     throw new TypeError(`Invalid ${src("keyring")}: expected a file path`);
   }
+  const pulseKeyring = str("pulse-keyring");
+  if (pulseKeyring !== undefined && pulseKeyring.trim() === "") {
+    throw new TypeError(`Invalid ${src("pulse-keyring")}: expected a file path`);
+  }
+  const requireSignatures = values["require-signatures"] === true;
+  if (requireSignatures && keyring === undefined) {
+    // Every claim would be refused: a configuration mistake, not a policy.
+    throw new TypeError(
+      `Invalid ${
+        src("require-signatures")
+      } without --keyring (BACKBEAT_KEYRING): no claim could be verified`,
+    );
+  }
   const grace = str("grace-ms");
   const bytes = str("max-claim-bytes");
-  const age = str("max-claim-age-beats");
+  const age = str("max-claim-age-ms");
+  const offset = str("max-clock-offset-ms");
   const id = str("id");
   if (id !== undefined && !/^[\w.:-]{1,128}$/.test(id)) {
     throw new TypeError(
@@ -156,16 +197,21 @@ export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): Rev
       natsServers,
       http,
       keyring,
-      requireSignatures: values["require-signatures"] === true,
+      requireSignatures,
+      legacyClaimSignatures: values["legacy-claim-signatures"] === true,
+      pulseKeyring,
       graceMs: grace === undefined
         ? undefined
         : parseNumber(grace, src("grace-ms"), { min: 0, max: 600_000 }),
       maxClaimBytes: bytes === undefined
         ? DEFAULT_MAX_CLAIM_BYTES
         : parseNumber(bytes, src("max-claim-bytes"), { min: 64, max: 1_048_576, integer: true }),
-      maxClaimAgeBeats: age === undefined
-        ? DEFAULT_MAX_CLAIM_AGE_BEATS
-        : parseNumber(age, src("max-claim-age-beats"), { min: 1, max: 1_000_000 }),
+      maxClaimAgeMs: age === undefined
+        ? DEFAULT_MAX_CLAIM_AGE_MS
+        : parseNumber(age, src("max-claim-age-ms"), { min: 1, max: MAX_CLAIM_AGE_LIMIT_MS }),
+      maxClockOffsetMs: offset === undefined
+        ? DEFAULT_MAX_CLOCK_OFFSET_MS
+        : parseNumber(offset, src("max-clock-offset-ms"), { min: 1, max: MAX_CLAIM_AGE_LIMIT_MS }),
       id,
       logLevel: level === undefined ? "info" : parseLogLevel(level),
     },
@@ -241,9 +287,12 @@ export async function runReverbCli(
       id: c.id,
       keyring: c.keyring,
       requireSignatures: c.requireSignatures,
+      legacyClaimSignatures: c.legacyClaimSignatures,
+      pulseKeyring: c.pulseKeyring,
       graceMs: c.graceMs,
       maxClaimBytes: c.maxClaimBytes,
-      maxClaimAgeBeats: c.maxClaimAgeBeats,
+      maxClaimAgeMs: c.maxClaimAgeMs,
+      maxClockOffsetMs: c.maxClockOffsetMs,
       logger,
     });
     await reverb.start();

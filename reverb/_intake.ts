@@ -1,22 +1,30 @@
-// Claim intake: size cap → JSON parse → schema → signature → freshness. Every failure is counted
-// by reason and never thrown. Signatures are verified concurrently (a bounded in-flight window,
-// then a bounded wait queue), while each agent's claims are applied in arrival order through a
-// per-agent FIFO: a claim whose verification finishes early waits for its agent's older claims.
+// Claim intake: size cap → JSON parse → schema → signature → freshness → replay. Every failure
+// is counted by reason and never thrown. Signatures are verified concurrently (a bounded
+// in-flight window, then a bounded wait queue), while each agent's claims are applied in arrival
+// order through a per-agent FIFO: a claim whose verification finishes early waits for its
+// agent's older claims. That order is what lets one high-water mark per agent (./_replay.ts)
+// refuse every replay.
+//
+// A signature covers signedBytes("backbeat.statusclaim.v1", cluster, payload): a claim signed for
+// one cluster verifies in no other. The 0.1 form (the payload alone) is accepted only with
+// `legacySignatures`. An agent with keys in the keyring must sign, whatever `requireSignatures`
+// says: otherwise anyone could speak for it unsigned.
 
 import {
   type BusMessage,
   type Clock,
-  compareHlc,
   type Hlc,
   hlcPhysicalDiff,
   isKeyValidAt,
   type KeyEntry,
   type Keyring,
   parseHlc,
+  signedBytes,
   type StatusClaim,
   verifyPayload,
 } from "../core/mod.ts";
 import { Histogram, logBuckets } from "../service/mod.ts";
+import { ReplayGuard } from "./_replay.ts";
 import { VerifyPool } from "./_verify_pool.ts";
 
 /** Why a claim was rejected. */
@@ -27,22 +35,27 @@ export const RejectReason = {
   Malformed: "malformed",
   /** JSON, but not a valid `backbeat.statusclaim.v1`. */
   Schema: "schema",
-  /** No signature while signatures are required. */
+  /** No signature while signatures are required, or from an agent that has keys. */
   Unsigned: "unsigned",
   /** Signed with a key the keyring does not hold for that agent. */
   UnknownKey: "unknown_key",
   /** Signed with the agent's key outside the key's validity period. */
   KeyNotValid: "key_not_valid",
-  /** The signature does not verify over the payload. */
+  /** The signature does not verify (over this cluster's signed bytes). */
   BadSignature: "bad_signature",
-  /** The claim's HLC is older than the freshness limit. */
+  /** The claim's HLC is older than `maxClaimAgeMs`. */
   Stale: "stale",
-  /** The claim's HLC stands too far in the future. */
+  /** The claim's HLC stands beyond the maximum clock offset ahead of reverb's clock. */
   Future: "future",
-  /** The same agent and HLC were seen before. */
+  /** The claim's HLC is not above the agent's high-water mark (seen before, or older). */
   Replay: "replay",
   /** The verification queue is full. */
   Overload: "overload",
+  /**
+   * Accepted for the agent's state, but its window was already reported: counted here and in the
+   * window open at its arrival, not in its own window's tallies. Set by the aggregator.
+   */
+  Late: "late",
 } as const;
 /** One of {@linkcode RejectReason}'s values. */
 export type RejectReason = typeof RejectReason[keyof typeof RejectReason];
@@ -56,10 +69,20 @@ export const DEFAULT_MAX_CLAIM_BYTES = 4096;
 export const DEFAULT_MAX_IN_FLIGHT = 2048;
 /** Default for {@linkcode ClaimIntakeOptions.maxQueued}. */
 export const DEFAULT_MAX_QUEUED = 65_536;
-/** Default for {@linkcode ClaimIntakeOptions.maxFutureMs}. */
-export const DEFAULT_MAX_FUTURE_MS = 60_000;
-/** Default for {@linkcode ClaimIntakeOptions.replayMemory}. */
-export const DEFAULT_REPLAY_MEMORY = 64;
+/**
+ * Default for {@linkcode ClaimIntakeOptions.maxClaimAgeMs}: two minutes, which covers what the
+ * SDK buffers through a 60 s outage and delivers on reconnect.
+ */
+export const DEFAULT_MAX_CLAIM_AGE_MS = 120_000;
+/** Largest {@linkcode ClaimIntakeOptions.maxClaimAgeMs}: 7 days, far from the HLC's 2^31 ms. */
+export const MAX_CLAIM_AGE_LIMIT_MS = 7 * 24 * 3_600_000;
+/**
+ * Default for {@linkcode ClaimIntakeOptions.maxClockOffsetMs}: how far ahead of reverb's clock a
+ * claim's HLC may stand. Synchronised hosts differ by milliseconds; ten seconds leaves room for a
+ * poorly synchronised one, and a claim beyond it (a broken clock, or a forgery meant to raise the
+ * replay mark and lock the agent out) is refused without touching the mark.
+ */
+export const DEFAULT_MAX_CLOCK_OFFSET_MS = 10_000;
 /** Default for {@linkcode ClaimIntakeOptions.maxTrackedAgents}. */
 export const DEFAULT_MAX_TRACKED_AGENTS = 100_000;
 
@@ -84,6 +107,8 @@ export interface IntakeStats {
 
 /** Options of {@linkcode ClaimIntake}. */
 export interface ClaimIntakeOptions {
+  /** The cluster signatures must be bound to. */
+  clusterId: string;
   /** Checks a parsed claim against the StatusClaim schema. */
   validate: (value: unknown) => boolean;
   /** The keyring in force (called per signed claim, so reloads apply at once). */
@@ -100,24 +125,41 @@ export interface ClaimIntakeOptions {
     arrival: number,
     key: KeyEntry | undefined,
   ) => void;
-  /** Freshness limit in ms (HLC age), asked per claim. */
-  maxClaimAgeMs: () => number;
+  /**
+   * Claims whose HLC physical time is older than this (vs reverb's clock) are refused as stale,
+   * in ms (1 to 7 days).
+   * @default {120000}
+   */
+  maxClaimAgeMs?: number;
+  /**
+   * Claims whose HLC stands more than this ahead of reverb's clock are refused as `future`
+   * (they do not move the replay mark), in ms.
+   * @default {10000}
+   */
+  maxClockOffsetMs?: number;
   /** Time source. */
   clock: Clock;
-  /** Reject unsigned claims. @default {false} */
+  /** Reject every unsigned claim (agents with keys must sign regardless). @default {false} */
   requireSignatures?: boolean;
+  /** Also accept signatures over the payload alone (the 0.1 form). @default {false} */
+  legacySignatures?: boolean;
   /** Largest claim in bytes. @default {4096} */
   maxClaimBytes?: number;
   /** Verifications running at once. @default {2048} */
   maxInFlight?: number;
   /** Claims waiting for a verification slot before new ones are rejected. @default {65536} */
   maxQueued?: number;
-  /** How far ahead of our clock a claim's HLC may stand, in ms. @default {60000} */
-  maxFutureMs?: number;
-  /** Recent HLCs remembered per agent for replay detection. @default {64} */
-  replayMemory?: number;
-  /** Agents whose replay memory is kept; the oldest is forgotten beyond. @default {100000} */
+  /**
+   * Agents whose replay mark is kept, per class (with keys, without); the least recently raised
+   * is forgotten beyond. Used when `replay` is not given.
+   * @default {100000}
+   */
   maxTrackedAgents?: number;
+  /**
+   * The replay marks (reverb passes its own, stored in KV).
+   * @default {an in-memory ReplayGuard}
+   */
+  replay?: ReplayGuard;
   /**
    * Web Workers that verify signatures in batches; 0 verifies on the calling thread (Deno's
    * WebCrypto verifies Ed25519 on the thread that calls it). Call
@@ -142,22 +184,21 @@ interface Job {
   // Why it failed, when state is FAILED.
   reason: RejectReason;
   lane: Lane;
-  // Set while waiting for a verification slot, or while in a worker (for a fallback).
+  // The signed bytes, set while waiting for a verification slot, or while in a worker (for a
+  // fallback).
   data: Uint8Array | undefined;
   signature: string | undefined;
+  // The payload alone, kept for a second check in the legacy form when the first fails.
+  legacy: Uint8Array | undefined;
   started: number;
 }
 
-// Per-agent state: the FIFO of claims not applied yet, and replay memory.
+// Per-agent FIFO of claims not applied yet; dropped once empty, so lanes are bounded by the
+// claims in flight and waiting.
 interface Lane {
   agentId: string;
   jobs: Job[];
   head: number;
-  recent: string[];
-  recentSet: Set<string>;
-  recentPos: number;
-  // Highest HLC forgotten from `recent`; anything at or below it is refused.
-  floor: Hlc | undefined;
 }
 
 const decoder = new TextDecoder();
@@ -177,36 +218,36 @@ function claimHlc(text: unknown): Hlc | undefined {
  * calls `onAccept` for good claims (per agent, in arrival order) and `onReject` for the rest.
  *
  * @example Accept an unsigned claim
- * ```ts
- * import { ManualClock } from "@chorus/backbeat/sdk";
- * import { ClaimIntake, Keyring } from "@chorus/backbeat/reverb";
+ * ```ts ignore
+ * import { formatHlc, Keyring, ManualClock } from "../core/mod.ts";
+ * import { ClaimIntake } from "./_intake.ts";
  * const clock = new ManualClock(Date.now());
  * const intake = new ClaimIntake({
+ *   clusterId: "dev",
  *   validate: () => true,
  *   keyring: () => Keyring.EMPTY,
  *   clock,
- *   maxClaimAgeMs: () => 60_000,
  *   onAccept: (claim) => console.log("accepted", claim.agent_id),
  * });
- * const hlc = Math.floor(clock.now()).toString(16).padStart(8, "0");
- * const claim = { agent_id: "a", hlc: `${hlc.slice(-8, -4)}:${hlc.slice(-4)}:0000` };
+ * const claim = { agent_id: "a", hlc: formatHlc({ physical: clock.now() >>> 0, logical: 0 }) };
  * intake.handle({ subject: "s", data: new TextEncoder().encode(JSON.stringify(claim)) });
  * ```
  */
 export class ClaimIntake {
+  readonly #clusterId: string;
   readonly #validate: (value: unknown) => boolean;
   readonly #keyring: () => Keyring;
   readonly #onAccept: ClaimIntakeOptions["onAccept"];
   readonly #onReject: NonNullable<ClaimIntakeOptions["onReject"]>;
-  readonly #maxAge: () => number;
+  readonly #maxAge: number;
+  readonly #maxOffset: number;
   readonly #clock: Clock;
   readonly #requireSignatures: boolean;
+  readonly #legacy: boolean;
   readonly #maxBytes: number;
   readonly #maxInFlight: number;
   readonly #maxQueued: number;
-  readonly #maxFuture: number;
-  readonly #replayMemory: number;
-  readonly #maxAgents: number;
+  readonly #replay: ReplayGuard;
   readonly #lanes = new Map<string, Lane>();
   #waiting: Job[] = [];
   #waitHead = 0;
@@ -221,26 +262,48 @@ export class ClaimIntake {
    * Creates an intake.
    *
    * @param options Callbacks, keyring, limits.
-   * @throws {RangeError} On a non-positive limit.
+   * @throws {RangeError} On a non-positive limit, or a claim age beyond 7 days.
    */
   constructor(options: ClaimIntakeOptions) {
+    this.#clusterId = options.clusterId;
     this.#validate = options.validate;
     this.#keyring = options.keyring;
     this.#onAccept = options.onAccept;
     this.#onReject = options.onReject ?? (() => {});
-    this.#maxAge = options.maxClaimAgeMs;
+    this.#maxAge = positive("maxClaimAgeMs", options.maxClaimAgeMs, DEFAULT_MAX_CLAIM_AGE_MS);
+    if (this.#maxAge > MAX_CLAIM_AGE_LIMIT_MS) {
+      throw new RangeError(
+        `Invalid maxClaimAgeMs ${options.maxClaimAgeMs}: expected at most ${MAX_CLAIM_AGE_LIMIT_MS}`,
+      );
+    }
+    this.#maxOffset = positive(
+      "maxClockOffsetMs",
+      options.maxClockOffsetMs,
+      DEFAULT_MAX_CLOCK_OFFSET_MS,
+    );
+    if (this.#maxOffset > MAX_CLAIM_AGE_LIMIT_MS) {
+      throw new RangeError(
+        `Invalid maxClockOffsetMs ${options.maxClockOffsetMs}: expected at most ${MAX_CLAIM_AGE_LIMIT_MS}`,
+      );
+    }
     this.#clock = options.clock;
     this.#requireSignatures = options.requireSignatures ?? false;
+    this.#legacy = options.legacySignatures ?? false;
     this.#maxBytes = positive("maxClaimBytes", options.maxClaimBytes, DEFAULT_MAX_CLAIM_BYTES);
     this.#maxInFlight = positive("maxInFlight", options.maxInFlight, DEFAULT_MAX_IN_FLIGHT);
     this.#maxQueued = positive("maxQueued", options.maxQueued, DEFAULT_MAX_QUEUED);
-    this.#maxFuture = positive("maxFutureMs", options.maxFutureMs, DEFAULT_MAX_FUTURE_MS);
-    this.#replayMemory = positive("replayMemory", options.replayMemory, DEFAULT_REPLAY_MEMORY);
-    this.#maxAgents = positive(
+    const maxAgents = positive(
       "maxTrackedAgents",
       options.maxTrackedAgents,
       DEFAULT_MAX_TRACKED_AGENTS,
     );
+    const window = this.#maxAge + this.#maxOffset;
+    this.#replay = options.replay ?? new ReplayGuard({
+      clock: this.#clock,
+      maxAgents: Math.ceil(maxAgents),
+      windowMs: () => window,
+      isKeyed: (id) => this.#keyring().keysOf(id).length > 0,
+    });
     const workers = options.verifyWorkers ?? 0;
     if (!(Number.isInteger(workers) && workers >= 0 && workers <= 64)) {
       throw new RangeError(`Invalid verifyWorkers ${workers}: expected an integer from 0 to 64`);
@@ -269,9 +332,29 @@ export class ClaimIntake {
     return this.#verifyTime;
   }
 
-  /** Whether unsigned claims are rejected. */
+  /** Whether every unsigned claim is rejected. */
   get requireSignatures(): boolean {
     return this.#requireSignatures;
+  }
+
+  /** Whether signatures over the payload alone are accepted too. */
+  get legacySignatures(): boolean {
+    return this.#legacy;
+  }
+
+  /** The claim age limit, ms. */
+  get maxClaimAgeMs(): number {
+    return this.#maxAge;
+  }
+
+  /** How far ahead of reverb's clock a claim's HLC may stand, ms. */
+  get maxClockOffsetMs(): number {
+    return this.#maxOffset;
+  }
+
+  /** The replay marks. */
+  get replay(): ReplayGuard {
+    return this.#replay;
   }
 
   /**
@@ -296,12 +379,16 @@ export class ClaimIntake {
     const claim = value as StatusClaim;
     const agentId = claim.agent_id;
     const signature = msg.headers?.["x-signature"];
+    const ring = this.#keyring();
     if (signature === undefined) {
-      if (this.#requireSignatures) return this.#reject("unsigned", agentId, arrival);
+      // An agent in the keyring always signs: an unsigned claim in its name is anyone's.
+      if (this.#requireSignatures || ring.keysOf(agentId).length > 0) {
+        return this.#reject("unsigned", agentId, arrival);
+      }
       const lane = this.#lanes.get(agentId);
-      if (lane === undefined || lane.head === lane.jobs.length) {
+      if (lane === undefined) {
         // Nothing of this agent's is waiting: apply at once, no job allocated.
-        this.#apply(claim, arrival, undefined, lane ?? this.#lane(agentId));
+        this.#apply(claim, arrival, undefined, agentId);
         return;
       }
       lane.jobs.push({
@@ -313,12 +400,12 @@ export class ClaimIntake {
         lane,
         data: undefined,
         signature: undefined,
+        legacy: undefined,
         started: 0,
       });
       return;
     }
     const keyId = msg.headers?.["x-key-id"];
-    const ring = this.#keyring();
     let key: KeyEntry | undefined;
     if (keyId !== undefined) {
       key = ring.get(agentId, keyId);
@@ -335,7 +422,13 @@ export class ClaimIntake {
     }
     if (key === undefined) return this.#reject("unknown_key", agentId, arrival);
     if (!isKeyValidAt(key, arrival)) return this.#reject("key_not_valid", agentId, arrival, key);
-    const lane = this.#lane(agentId);
+    let lane = this.#lanes.get(agentId);
+    if (lane === undefined) {
+      lane = { agentId, jobs: [], head: 0 };
+      this.#lanes.set(agentId, lane);
+    }
+    // A new array, so the message buffer (which the bus may reuse once we return) is copied.
+    const bytes = signedBytes("backbeat.statusclaim.v1", this.#clusterId, data);
     const job: Job = {
       claim,
       arrival,
@@ -345,14 +438,14 @@ export class ClaimIntake {
       lane,
       data: undefined,
       signature: undefined,
+      legacy: this.#legacy ? data.slice() : undefined,
       started: 0,
     };
     lane.jobs.push(job);
     if (this.#stats.inFlight < this.#maxInFlight) {
-      this.#verify(job, data, signature);
+      this.#verify(job, bytes, signature);
     } else if (this.#waiting.length - this.#waitHead < this.#maxQueued) {
-      // The message buffer may be reused once we return: keep a copy while waiting.
-      job.data = data.slice();
+      job.data = bytes;
       job.signature = signature;
       this.#waiting.push(job);
     } else {
@@ -380,50 +473,14 @@ export class ClaimIntake {
     await this.#pool?.close();
   }
 
-  /**
-   * Forgets an agent's replay memory (called when the agent is evicted).
-   *
-   * @param agentId The agent.
-   */
-  forget(agentId: string): void {
-    const lane = this.#lanes.get(agentId);
-    if (lane && lane.head === lane.jobs.length) this.#lanes.delete(agentId);
-  }
-
   /** Web Workers verifying signatures (0: on the calling thread). */
   get verifyWorkers(): number {
     return this.#workers;
   }
 
-  /** Agents with replay memory. */
-  get trackedAgents(): number {
+  /** Agents with a claim being verified or waiting behind one. */
+  get lanes(): number {
     return this.#lanes.size;
-  }
-
-  #lane(agentId: string): Lane {
-    let lane = this.#lanes.get(agentId);
-    if (lane === undefined) {
-      if (this.#lanes.size >= this.#maxAgents) {
-        // Forget the oldest idle lane (insertion order) to stay bounded.
-        for (const [id, l] of this.#lanes) {
-          if (l.head === l.jobs.length) {
-            this.#lanes.delete(id);
-            break;
-          }
-        }
-      }
-      lane = {
-        agentId,
-        jobs: [],
-        head: 0,
-        recent: [],
-        recentSet: new Set(),
-        recentPos: 0,
-        floor: undefined,
-      };
-      this.#lanes.set(agentId, lane);
-    }
-    return lane;
   }
 
   #verify(job: Job, data: Uint8Array, signature: string): void {
@@ -452,8 +509,8 @@ export class ClaimIntake {
 
   #verifyHere(job: Job, data: Uint8Array, signature: string): void {
     verifyPayload(job.key!.key, data, signature).then(
-      (ok) => this.#verified(job, ok),
-      () => this.#verified(job, false),
+      (ok) => this.#checked(job, ok, signature),
+      () => this.#checked(job, false, signature),
     );
   }
 
@@ -465,8 +522,19 @@ export class ClaimIntake {
     if (ok === null) this.#verifyHere(job, data, signature);
     else {
       this.#stats.offloaded++;
-      this.#verified(job, ok);
+      this.#checked(job, ok, signature);
     }
+  }
+
+  // A failed check in the bound form gets one more in the legacy form, when allowed.
+  #checked(job: Job, ok: boolean, signature: string): void {
+    const legacy = job.legacy;
+    job.legacy = undefined;
+    if (ok || legacy === undefined) return this.#verified(job, ok);
+    verifyPayload(job.key!.key, legacy, signature).then(
+      (ok2) => this.#verified(job, ok2),
+      () => this.#verified(job, false),
+    );
   }
 
   #verified(job: Job, ok: boolean): void {
@@ -503,29 +571,28 @@ export class ClaimIntake {
       const job = jobs[lane.head];
       if (job.state === PENDING) break;
       jobs[lane.head++] = undefined as unknown as Job;
-      if (job.state === VERIFIED) this.#apply(job.claim, job.arrival, job.key, lane);
+      if (job.state === VERIFIED) this.#apply(job.claim, job.arrival, job.key, lane.agentId);
       else this.#reject(job.reason, lane.agentId, job.arrival, job.key);
     }
-    if (lane.head === jobs.length) {
-      jobs.length = 0;
-      lane.head = 0;
+    // Nothing left in flight for the agent: the lane goes, so lanes stay bounded.
+    if (lane.head === jobs.length && this.#lanes.get(lane.agentId) === lane) {
+      this.#lanes.delete(lane.agentId);
     }
   }
 
   // Freshness and replay, then acceptance. Runs in per-agent order.
-  #apply(claim: StatusClaim, arrival: number, key: KeyEntry | undefined, lane: Lane): void {
+  #apply(claim: StatusClaim, arrival: number, key: KeyEntry | undefined, agentId: string): void {
     const hlc = claimHlc(claim.hlc);
-    if (hlc === undefined) return this.#reject("schema", lane.agentId, arrival, key);
+    if (hlc === undefined) return this.#reject("schema", agentId, arrival, key);
     const age = hlcPhysicalDiff({ physical: Math.floor(arrival) >>> 0, logical: 0 }, hlc);
-    if (age > this.#maxAge()) return this.#reject("stale", lane.agentId, arrival, key);
-    if (-age > this.#maxFuture) return this.#reject("future", lane.agentId, arrival, key);
-    const canonical = claim.hlc.toLowerCase();
-    if (lane.recentSet.has(canonical)) return this.#reject("replay", lane.agentId, arrival, key);
-    if (lane.floor !== undefined && compareHlc(hlc, lane.floor) <= 0) {
-      // Older than everything still remembered: it may be a replay we can no longer prove.
-      return this.#reject("replay", lane.agentId, arrival, key);
+    if (age > this.#maxAge) return this.#reject("stale", agentId, arrival, key);
+    // Before the replay check, and without touching the mark: a claim stamped far ahead would
+    // otherwise raise the mark and lock the agent's honest claims out until its time comes.
+    if (-age > this.#maxOffset) return this.#reject("future", agentId, arrival, key);
+    if (this.#replay.isReplay(agentId, hlc, arrival)) {
+      return this.#reject("replay", agentId, arrival, key);
     }
-    this.#remember(lane, canonical);
+    this.#replay.advance(agentId, hlc, claim.hlc, arrival);
     this.#stats.accepted++;
     if (key !== undefined) this.#stats.signed++;
     try {
@@ -534,23 +601,6 @@ export class ClaimIntake {
       // Often called from a verification's promise or a worker's message, where a throw would
       // end the process; the intake's contract is to never throw.
     }
-  }
-
-  #remember(lane: Lane, hlc: string): void {
-    if (lane.recent.length < this.#replayMemory) {
-      lane.recent.push(hlc);
-    } else {
-      const old = lane.recent[lane.recentPos];
-      lane.recentSet.delete(old);
-      // Only well-formed stamps are remembered, so this parse cannot fail.
-      const forgotten = parseHlc(old);
-      if (lane.floor === undefined || compareHlc(forgotten, lane.floor) > 0) {
-        lane.floor = forgotten;
-      }
-      lane.recent[lane.recentPos] = hlc;
-      lane.recentPos = (lane.recentPos + 1) % this.#replayMemory;
-    }
-    lane.recentSet.add(hlc);
   }
 
   #reject(

@@ -1,6 +1,6 @@
 import { PrometheusWriter } from "../service/mod.ts";
 import { REJECT_REASONS } from "./_intake.ts";
-import type { ReverbMetrics } from "./_reverb.ts";
+import { FRAME_REJECT_REASONS, type ReverbMetrics } from "./_reverb.ts";
 
 // The exposition shows a few bounds per decade; the histogram itself keeps ten per decade.
 const VERIFY_EXPORT_BOUNDS: readonly number[] = [
@@ -20,6 +20,19 @@ const VERIFY_EXPORT_BOUNDS: readonly number[] = [
 ];
 
 const REJECTED = "backbeat_reverb_claims_rejected_total";
+const FRAMES_REJECTED = "backbeat_reverb_frames_rejected_total";
+
+// One family with a sample per reason: the writer heads every sample with its own HELP/TYPE.
+function family(
+  name: string,
+  help: string,
+  reasons: readonly string[],
+  values: Readonly<Record<string, number>>,
+): string {
+  const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} counter`];
+  for (const r of reasons) lines.push(`${name}{reason="${r}"} ${values[r] ?? 0}`);
+  return lines.join("\n") + "\n";
+}
 
 /**
  * Renders reverb's metrics in the Prometheus text format (0.0.4).
@@ -87,14 +100,45 @@ export function renderReverbMetrics(m: ReverbMetrics): string {
       m.framesStale,
     )
     .counter(
-      "backbeat_reverb_timeline_restarts_total",
-      "Times the cluster's beat_index went back for two bars and reverb followed the new timeline.",
-      m.timelineRestarts,
+      "backbeat_reverb_frames_verified_total",
+      "Beat frames followed whose signature was verified against the pulse keyring.",
+      m.framesVerified,
     )
     .counter(
+      "backbeat_reverb_timeline_restarts_total",
+      "Times reverb followed a new timeline: a newer epoch, a restart or a realignment.",
+      m.timelineRestarts,
+    )
+    .gauge("backbeat_reverb_timeline_epoch", "Epoch of the timeline followed.", m.epoch)
+    .counter(
       "backbeat_reverb_bars_skipped_total",
-      "Windows not reported after a stall.",
+      "Windows not reported after a stall (at most what the time that passed holds).",
       m.barsSkipped,
+    )
+    .counter(
+      "backbeat_reverb_windows_dropped_total",
+      "Windows dropped without a beat at a timeline restart or a bar grid change.",
+      m.windowsDropped,
+    )
+    .counter(
+      "backbeat_reverb_reports_duplicate_total",
+      "Reports not published because their window id was reported before.",
+      m.reportsDuplicate,
+    )
+    .gauge(
+      "backbeat_reverb_replay_marks",
+      "Agents' replay marks held (one per agent inside the claim age window).",
+      m.replayMarks,
+    )
+    .counter(
+      "backbeat_reverb_replay_marks_evicted_total",
+      "Replay marks dropped inside their window to stay within the agent bound.",
+      m.replayMarksEvicted,
+    )
+    .counter(
+      "backbeat_reverb_replay_store_failures_total",
+      "Replay mark reads or writes in the KV bucket that failed (retried).",
+      m.replayStoreFailures,
     )
     .gauge("backbeat_reverb_active", "1 when this reverb publishes reports.", m.active ? 1 : 0)
     .gauge("backbeat_reverb_tempo_bpm", "Tempo of the latest beat.", m.tempoBpm)
@@ -111,6 +155,11 @@ export function renderReverbMetrics(m: ReverbMetrics): string {
     .gauge("backbeat_reverb_verify_in_flight", "Signature verifications running.", m.verifyInFlight)
     .gauge("backbeat_reverb_verify_queued", "Claims waiting for verification.", m.verifyQueued)
     .gauge("backbeat_reverb_keyring_keys", "Keys in the keyring.", m.keyringKeys)
+    .gauge(
+      "backbeat_reverb_pulse_keyring_keys",
+      "Keys in the pulse keyring (0: frames are not verified).",
+      m.pulseKeyringKeys,
+    )
     .counter(
       "backbeat_reverb_keyring_reload_failures_total",
       "Keyring reloads that failed (the previous keyring was kept).",
@@ -122,11 +171,17 @@ export function renderReverbMetrics(m: ReverbMetrics): string {
       m.historyStreamReady ? 1 : 0,
     )
     .toString();
-  // One family with a sample per reason: the writer heads every sample with its own HELP/TYPE.
-  const lines = [
-    `# HELP ${REJECTED} Status claims rejected, by reason.`,
-    `# TYPE ${REJECTED} counter`,
-  ];
-  for (const r of REJECT_REASONS) lines.push(`${REJECTED}{reason="${r}"} ${m.claimsRejected[r]}`);
-  return text + lines.join("\n") + "\n";
+  return text +
+    family(
+      REJECTED,
+      "Status claims rejected, by reason (late: accepted for the agent, after its window closed).",
+      REJECT_REASONS,
+      m.claimsRejected,
+    ) +
+    family(
+      FRAMES_REJECTED,
+      "Beat frames refused, by reason.",
+      FRAME_REJECT_REASONS,
+      m.framesRejected,
+    );
 }

@@ -1,25 +1,36 @@
 // Reverb: verified status aggregation. Wires the bus subscriptions (beat, status, bar) to the
 // intake and the aggregator, publishes one BarReport per window when active, keeps a bounded
 // history (replayed from JetStream on NATS) and elects one active aggregator through the shared
-// KvLease. HTTP is served beside it (serveReverbHttp), not by it.
+// KvLease, whose bucket also keeps the claims' replay marks. HTTP is served beside it
+// (serveReverbHttp), not by it.
+//
+// The bus is hostile: every frame and claim is gated (size, JSON, schema, cluster, signature,
+// plausibility, freshness, replay), every refusal is counted by reason and logged rate-limited,
+// and no input makes reverb loop, grow without bound or publish a report of a timeline nobody
+// vouched for.
 
 import {
   assertClusterId,
   BackbeatError,
   type BarReport,
+  type BeatFrame,
   type Bus,
   type BusMessage,
   type BusSubscription,
   type Clock,
   type ClusterSubjects,
   InMemoryBus,
+  isKeyValidAt,
   IsolatedEventTarget,
   Keyring,
+  type LogFields,
   type Logger,
   parseInstant,
+  Rejections,
   silentLogger,
   subjects,
   SystemClock,
+  verifySigned,
   withTimeout,
 } from "../core/mod.ts";
 import {
@@ -37,19 +48,59 @@ import {
   type BeatObservation,
   DEFAULT_EVICT_AFTER_BARS,
   DEFAULT_MAX_AGENTS,
+  MAX_OPEN_WINDOWS,
   type WindowInfo,
 } from "./_aggregate.ts";
 import {
   ClaimIntake,
+  DEFAULT_MAX_CLAIM_AGE_MS,
   DEFAULT_MAX_CLAIM_BYTES,
+  DEFAULT_MAX_CLOCK_OFFSET_MS,
   DEFAULT_MAX_IN_FLIGHT,
   DEFAULT_MAX_QUEUED,
+  MAX_CLAIM_AGE_LIMIT_MS,
   type RejectReason,
 } from "./_intake.ts";
+import { DEFAULT_REPLAY_FLUSH_MS, ReplayGuard } from "./_replay.ts";
 import type { BarStream } from "./_stream.ts";
 
-/** Default for {@linkcode ReverbOptions.maxClaimAgeBeats} (the CLI's default too). */
-export const DEFAULT_MAX_CLAIM_AGE_BEATS = 8;
+/** Why a beat frame was refused. */
+export const FrameRejectReason = {
+  /** Larger than 16 KiB. */
+  Oversized: "oversized",
+  /** Not JSON. */
+  Malformed: "malformed",
+  /** JSON, but not a valid `backbeat.beatframe.v1` (an index above 2^53 − 1, a tempo out of
+   * range, a wrong type, …). */
+  Schema: "schema",
+  /** Another cluster's frame on this cluster's subject. */
+  Cluster: "cluster",
+  /** A `deadline_at` no clock can read (a leap second). */
+  Unreadable: "unreadable",
+  /** No signature while a pulse keyring is configured. */
+  Unsigned: "unsigned",
+  /** Signed with a key the pulse keyring does not hold. */
+  UnknownKey: "unknown_key",
+  /** Signed with a pulse key outside its validity period. */
+  KeyExpired: "key_expired",
+  /** The signature does not verify over this cluster's and epoch's signed bytes. */
+  BadSignature: "bad_signature",
+  /** Too many frames waiting for verification. */
+  Overload: "overload",
+  /** At or below the latest beat (a duplicate, a deposed pulse). */
+  Stale: "stale",
+  /** An index or tempo the followed timeline cannot explain (a forged jump). */
+  Implausible: "implausible",
+  /** A frame of an older timeline epoch. */
+  OldEpoch: "old_epoch",
+  /** The first unverified frame of a newer epoch: followed once a second one agrees. */
+  Pending: "pending",
+} as const;
+/** One of {@linkcode FrameRejectReason}'s values. */
+export type FrameRejectReason = typeof FrameRejectReason[keyof typeof FrameRejectReason];
+/** Every frame reject reason. */
+export const FRAME_REJECT_REASONS: readonly FrameRejectReason[] = Object.values(FrameRejectReason);
+
 const DEFAULT_HISTORY_SIZE = 256;
 // 7 days.
 const DEFAULT_HISTORY_MAX_AGE_MS = 7 * 24 * 3_600_000;
@@ -68,6 +119,8 @@ const STREAM_RETRY_MS = 5_000;
 const MAX_REPORT_BYTES = 65_536;
 /** Longest wait for verifications in flight when stopping. */
 const STOP_DRAIN_MS = 2_000;
+/** Frames waiting for their signature check at most; more are refused as `overload`. */
+const MAX_PENDING_FRAMES = 256;
 
 /** Options of {@linkcode Reverb}. */
 export interface ReverbOptions {
@@ -82,12 +135,32 @@ export interface ReverbOptions {
   /** This instance's id (lease holder id, logs, headers). @default {"reverb-" + random} */
   id?: string;
   /**
-   * The keyring: a file path (watched and reloaded) or a loaded {@linkcode Keyring}.
+   * The agents' keyring: a file path (watched and reloaded) or a loaded {@linkcode Keyring}. An
+   * agent listed in it must sign its claims, always.
    * @default {Keyring.EMPTY}
    */
   keyring?: string | Keyring;
-  /** Reject unsigned claims. @default {false} */
+  /**
+   * Reject every unsigned claim, also from agents without keys. Needs `keyring`: without one
+   * the constructor throws.
+   * @default {false}
+   */
   requireSignatures?: boolean;
+  /**
+   * Also accept claim signatures over the payload alone (the 0.1 form), besides the form bound
+   * to domain and cluster (`signedBytes("backbeat.statusclaim.v1", cluster, payload)`).
+   * @default {false}
+   */
+  legacyClaimSignatures?: boolean;
+  /**
+   * The pulses' keyring: a file path (watched and reloaded) or a loaded {@linkcode Keyring}.
+   * With it every frame must be signed by one of its keys (owners are labels; keys are found by
+   * `x-key-id`) over `signedBytes("backbeat.beatframe.v1", cluster, payload, epoch)`; unsigned
+   * and badly signed frames are refused and counted. Without it frames are checked for
+   * plausibility only, and a consistent forged stream can steer the windows.
+   * @default {undefined}
+   */
+  pulseKeyring?: string | Keyring;
   /**
    * Wait after a window's end before reporting it, in ms; `undefined` means a quarter beat, at
    * most 2000 ms.
@@ -96,8 +169,30 @@ export interface ReverbOptions {
   graceMs?: number;
   /** Largest claim in bytes. @default {4096} */
   maxClaimBytes?: number;
-  /** Claims whose HLC is older than this many beats are rejected as stale. @default {8} */
-  maxClaimAgeBeats?: number;
+  /**
+   * Claims whose HLC physical time is older than this (vs reverb's clock) are rejected as stale,
+   * in ms (at most 7 days). A younger claim is accepted: in its own window while that is open,
+   * else as `late` (counted; it still updates the agent's state). The default covers what the
+   * SDK buffers through a 60 s outage.
+   * @default {120000}
+   */
+  maxClaimAgeMs?: number;
+  /**
+   * Claims whose HLC stands more than this ahead of reverb's clock are rejected as `future`,
+   * in ms; they do not move the agent's replay mark.
+   * @default {10000}
+   */
+  maxClockOffsetMs?: number;
+  /**
+   * Keep the claims' replay marks (one HLC per agent) in the KV bucket
+   * `backbeat_<cluster>_reverb`, so a restarted reverb refuses replays of what it accepted
+   * before (NATS only). Marks are written in batches: a claim accepted less than one
+   * `replayFlushIntervalMs` before a crash is not stored, and could be replayed once after it.
+   * @default {true}
+   */
+  replayStore?: boolean;
+  /** How often changed replay marks are written, in ms. @default {1000} */
+  replayFlushIntervalMs?: number;
   /** Agents tracked at most. @default {10000} */
   maxAgents?: number;
   /** Bars of silence after which an agent is evicted. @default {16} */
@@ -186,10 +281,28 @@ export interface ReverbMetrics {
   readonly framesInvalid: number;
   /** Beat frames ignored because their beat_index was not above the highest seen. */
   readonly framesStale: number;
-  /** Times the cluster's timeline restarted and reverb followed it. */
+  /** Beat frames refused, by reason. */
+  readonly framesRejected: Readonly<Record<FrameRejectReason, number>>;
+  /** Beat frames taken whose signature was verified against the pulse keyring. */
+  readonly framesVerified: number;
+  /** Times the cluster's timeline restarted (a new epoch, a restart, a realignment) and reverb
+   * followed it. */
   readonly timelineRestarts: number;
-  /** Windows not reported after a stall. */
+  /** The epoch of the timeline followed (0 for v1.0 pulses). */
+  readonly epoch: number;
+  /** Windows not reported after a stall (at most what the time that passed holds). */
   readonly barsSkipped: number;
+  /** Windows dropped without a beat at a timeline restart or a bar grid change. */
+  readonly windowsDropped: number;
+  /** Reports not published because their window id was reported before (a v1.0 timeline that
+   * restarted without an epoch). */
+  readonly reportsDuplicate: number;
+  /** Replay marks held (one per agent seen inside the claim age window). */
+  readonly replayMarks: number;
+  /** Replay marks dropped while still inside their window, to stay within `maxAgents`. */
+  readonly replayMarksEvicted: number;
+  /** Replay mark store reads or writes that failed (retried). */
+  readonly replayStoreFailures: number;
   /** Whether this instance publishes reports. */
   readonly active: boolean;
   /** Tempo of the latest beat (0 before any). */
@@ -200,6 +313,8 @@ export interface ReverbMetrics {
   readonly keyringKeys: number;
   /** Keyring reloads that failed (the previous keyring was kept). */
   readonly keyringReloadFailures: number;
+  /** Keys in the pulse keyring (0 when frames are not verified). */
+  readonly pulseKeyringKeys: number;
   /** Whether the JetStream history stream is open. */
   readonly historyStreamReady: boolean;
 }
@@ -238,10 +353,42 @@ export interface ReverbStatus {
   beat: BeatObservation | null;
   /** Grace after a window's end, ms. */
   grace_ms: number;
-  /** Whether unsigned claims are rejected. */
+  /** Whether every unsigned claim is rejected (agents with keys must sign regardless). */
   require_signatures: boolean;
+  /** Whether claim signatures over the payload alone (the 0.1 form) are accepted. */
+  legacy_claim_signatures: boolean;
+  /** Claims older than this are stale, ms. */
+  max_claim_age_ms: number;
+  /** Claims further ahead than this are `future`, ms. */
+  max_clock_offset_ms: number;
   /** Keys in the keyring. */
   keyring_keys: number;
+  /** The beat frames: verification, refusals, the timeline followed. */
+  frames: {
+    /** Whether frames must be signed by a pulse key. */
+    verified: boolean;
+    /** Keys in the pulse keyring, `null` without one. */
+    pulse_keyring_keys: number | null;
+    /** Frames refused, by reason. */
+    rejected: Record<FrameRejectReason, number>;
+    /** The epoch of the timeline followed. */
+    epoch: number;
+    /** Whether the followed timeline is vouched for (windows close on it). */
+    confirmed: boolean;
+    /** Timeline restarts followed. */
+    timeline_restarts: number;
+  };
+  /** The claims' replay marks. */
+  replay: {
+    /** Marks held. */
+    marks: number;
+    /** Whether they were loaded from (and are written to) the KV bucket. */
+    persistent: boolean;
+    /** Marks dropped inside their window to stay bounded. */
+    evicted: number;
+    /** Store reads or writes that failed. */
+    store_failures: number;
+  };
   /** Claims counters. */
   claims: ClaimsSummary;
   /** Reports published by this instance. */
@@ -291,6 +438,25 @@ function isNatsBus(bus: Bus): bus is NatsBusLike {
   return typeof c === "object" && c !== null;
 }
 
+// The frame gate answers in sentences; metrics and logs count by a stable reason.
+function frameErrorReason(sentence: string): FrameRejectReason {
+  if (sentence.startsWith("frame of cluster")) return "cluster";
+  if (sentence.startsWith("frame of ")) return "oversized";
+  if (sentence.startsWith("frame is not JSON")) return "malformed";
+  return "schema";
+}
+
+const PENDING = 0;
+const DONE = 1;
+
+// A frame waiting for its signature check: frames are applied in arrival order.
+interface FrameJob {
+  frame: BeatFrame;
+  arrival: number;
+  state: number;
+  reason: FrameRejectReason | undefined;
+}
+
 /**
  * The reverb service as a library: subscribes to a cluster's beat and status subjects, verifies
  * and aggregates claims, and publishes one {@linkcode BarReport} per window on the bar subject.
@@ -322,19 +488,34 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   readonly #validator: MessageValidator;
   readonly #options: ReverbOptions;
   readonly #historySize: number;
-  readonly #maxClaimAgeBeats: number;
   readonly #intake: ClaimIntake;
   readonly #aggregator: BarAggregator;
+  readonly #replay: ReplayGuard;
+  readonly #frameLog: Rejections;
+  readonly #claimLog: Rejections;
+  readonly #reportLog: Rejections;
+  readonly #storeLog: Rejections;
+  readonly #framesRejected: Record<FrameRejectReason, number>;
   #keyring: Keyring;
   #watcher: KeyringWatcher | undefined;
+  #pulseKeyring: Keyring | undefined;
+  #pulseWatcher: KeyringWatcher | undefined;
+  #frameJobs: FrameJob[] = [];
+  #frameHead = 0;
+  #framesVerified = 0;
+  #reportsDuplicate = 0;
   #subs: BusSubscription[] = [];
   #history: BarReport[] = [];
-  #historyIds = new Set<string>();
+  // Window id → when it entered the history (a recent one is another reverb's report of the same
+  // window; an old one is an id a timeline without epoch reused).
+  #historyIds = new Map<string, number>();
   #shadow: Array<{ report: BarReport; info: WindowInfo }> = [];
   #stream: BarStream | undefined;
   #streamWanted = false;
   #cancelStreamRetry: (() => void) | undefined;
   #lease: KvLease | undefined;
+  // The KV bucket of the lease, opened for the replay marks also when not competing.
+  #kv: KvLease | undefined;
   #active = false;
   #started = false;
   #stopping: Promise<void> | undefined;
@@ -357,11 +538,16 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
    * Creates a reverb; nothing runs until {@linkcode Reverb.start}.
    *
    * @param options Cluster, transport, keyring, limits.
-   * @throws {TypeError} On an invalid cluster id.
+   * @throws {TypeError} On an invalid cluster id, or `requireSignatures` without a keyring.
    * @throws {RangeError} On an out-of-range limit.
    */
   constructor(options: ReverbOptions) {
     super();
+    if (options.requireSignatures && options.keyring === undefined) {
+      throw new TypeError(
+        "Invalid requireSignatures without a keyring: every claim would be refused; give keyring",
+      );
+    }
     this.#subjects = subjects(options.clusterId);
     this.clusterId = options.clusterId;
     this.#options = options;
@@ -375,42 +561,71 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     if (!(Number.isInteger(this.#historySize) && this.#historySize > 0)) {
       throw new RangeError(`Invalid historySize ${options.historySize}: expected an integer > 0`);
     }
-    this.#maxClaimAgeBeats = options.maxClaimAgeBeats ?? DEFAULT_MAX_CLAIM_AGE_BEATS;
-    if (!(this.#maxClaimAgeBeats > 0)) {
-      throw new RangeError(
-        `Invalid maxClaimAgeBeats ${options.maxClaimAgeBeats}: expected a number > 0`,
-      );
+    const maxAge = options.maxClaimAgeMs ?? DEFAULT_MAX_CLAIM_AGE_MS;
+    const maxOffset = options.maxClockOffsetMs ?? DEFAULT_MAX_CLOCK_OFFSET_MS;
+    for (const [name, v] of [["maxClaimAgeMs", maxAge], ["maxClockOffsetMs", maxOffset]] as const) {
+      if (!(v > 0 && v <= MAX_CLAIM_AGE_LIMIT_MS)) {
+        throw new RangeError(`Invalid ${name} ${v}: expected a number > 0, at most 7 days`);
+      }
     }
     this.#keyring = options.keyring instanceof Keyring ? options.keyring : Keyring.EMPTY;
+    this.#pulseKeyring = options.pulseKeyring instanceof Keyring ? options.pulseKeyring : undefined;
+    const logger = this.#logger;
+    const clock = this.#clock;
+    this.#frameLog = new Rejections({ logger, clock, message: "frames rejected" });
+    this.#claimLog = new Rejections({ logger, clock, message: "claims rejected" });
+    this.#reportLog = new Rejections({ logger, clock, message: "windows not reported" });
+    this.#storeLog = new Rejections({ logger, clock, message: "replay marks store failing" });
+    this.#framesRejected = {} as Record<FrameRejectReason, number>;
+    for (const r of FRAME_REJECT_REASONS) this.#framesRejected[r] = 0;
     const validator = this.#validator;
+    const maxAgents = options.maxAgents ?? DEFAULT_MAX_AGENTS;
     this.#aggregator = new BarAggregator({
       clusterId: options.clusterId,
       clock: this.#clock,
       graceMs: options.graceMs,
-      maxAgents: options.maxAgents ?? DEFAULT_MAX_AGENTS,
+      maxAgents,
       evictAfterBars: options.evictAfterBars ?? DEFAULT_EVICT_AFTER_BARS,
       onReport: (report, info) => this.#onWindowClosed(report, info),
-      onEvict: (agentId) => this.#intake.forget(agentId),
+      onSkip: (kind, windows, fromBeat) =>
+        this.#reportLog.add(kind, { windows, from_beat: fromBeat }),
     });
     const aggregator = this.#aggregator;
+    this.#replay = new ReplayGuard({
+      clock,
+      // Marks outlive agent records (an evicted agent's old claims must stay refused).
+      maxAgents: Math.max(maxAgents, 1),
+      windowMs: () => maxAge + maxOffset,
+      isKeyed: (agentId) => this.keyring.keysOf(agentId).length > 0,
+      flushIntervalMs: options.replayFlushIntervalMs ?? DEFAULT_REPLAY_FLUSH_MS,
+      onStoreError: (what, fields) => this.#storeLog.add("replay_store", { what, ...fields }),
+    });
     this.#intake = new ClaimIntake({
+      clusterId: options.clusterId,
       validate: (value) => {
         const r = validator.validateMessage(value);
         return r.valid && r.type === "backbeat.statusclaim.v1";
       },
       keyring: () => this.#keyring,
       requireSignatures: options.requireSignatures ?? false,
+      legacySignatures: options.legacyClaimSignatures ?? false,
       maxClaimBytes: options.maxClaimBytes ?? DEFAULT_MAX_CLAIM_BYTES,
       maxInFlight: options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT,
       maxQueued: options.maxQueued ?? DEFAULT_MAX_QUEUED,
       verifyWorkers: options.verifyWorkers ?? DEFAULT_VERIFY_WORKERS,
-      maxClaimAgeMs: () => this.#maxClaimAgeBeats * aggregator.periodMs,
+      maxClaimAgeMs: maxAge,
+      maxClockOffsetMs: maxOffset,
       clock: this.#clock,
-      // Replay memory is kept for as many agents as the aggregator tracks (evictions free it).
-      maxTrackedAgents: options.maxAgents ?? DEFAULT_MAX_AGENTS,
-      onAccept: (claim, arrival, key) => aggregator.acceptClaim(claim, arrival, key),
-      onReject: (reason, agentId, arrival, key) =>
-        aggregator.rejectClaim(reason, agentId, arrival, key),
+      replay: this.#replay,
+      onAccept: (claim, arrival, key) => {
+        if (aggregator.acceptClaim(claim, arrival, key)) {
+          this.#claimLog.add("late", { agent_id: claim.agent_id, beat_index: claim.beat_index });
+        }
+      },
+      onReject: (reason, agentId, arrival, key) => {
+        aggregator.rejectClaim(reason, agentId, arrival, key);
+        this.#claimLog.add(reason, agentId === undefined ? undefined : { agent_id: agentId });
+      },
     });
     this.#summary = this.#makeSummary(0);
   }
@@ -448,6 +663,11 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   /** The keyring in force. */
   get keyring(): Keyring {
     return this.#watcher?.current ?? this.#keyring;
+  }
+
+  /** The pulse keyring in force, `undefined` when frames are not verified. */
+  get pulseKeyring(): Keyring | undefined {
+    return this.#pulseWatcher?.current ?? this.#pulseKeyring;
   }
 
   /**
@@ -500,25 +720,58 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
       this.#keyring = watcher.current;
       watcher.addEventListener("reload", () => this.#keyring = watcher.current);
     }
+    if (typeof o.pulseKeyring === "string") {
+      const watcher = new KeyringWatcher(o.pulseKeyring, { clock: this.#clock });
+      this.#pulseWatcher = watcher;
+      watcher.addEventListener("error", (e) => {
+        this.#logger.error("pulse keyring reload failed", { error: e.message });
+      });
+      watcher.addEventListener("reload", (e) => {
+        this.#pulseKeyring = watcher.current;
+        this.#logger.info("pulse keyring reloaded", { ...e.detail });
+      });
+      await watcher.start();
+      this.#pulseKeyring = watcher.current;
+    }
     const bus = this.#bus;
     const nats = isNatsBus(bus);
+    const ha = nats && (o.ha ?? true);
     // Bar subscription first, then the replay: no report slips between the two.
     this.#subs.push(bus.subscribe(this.#subjects.bar, (m) => this.#onBarMessage(m)));
     if (nats && (o.stream ?? true)) {
       this.#streamWanted = true;
       await this.#openStream(bus);
     }
+    if (ha || (nats && (o.replayStore ?? true))) {
+      try {
+        this.#kv = await openKvLease({
+          bus,
+          bucket: await kvBucketName(this.clusterId, "reverb"),
+          holderId: this.id,
+          // Reverb's HA takes over as fast as pulse's: the lease's own default is the one fact.
+          ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
+          clock: this.#clock,
+        });
+      } catch (error) {
+        // Competing needs the bucket; the replay marks can live in memory without it.
+        if (ha) throw error;
+        this.#logger.error("replay marks kept in memory only: KV bucket unavailable", {
+          error: (error as Error).message,
+        });
+      }
+    }
+    // Marks before the status subscription: the first claim is checked against them.
+    if (this.#kv && (o.replayStore ?? true)) {
+      await this.#replay.attach(this.#kv);
+      this.#logger.info("replay marks loaded", {
+        marks: this.#replay.stats.marks,
+        persistent: this.#replay.stats.persistent,
+      });
+    }
     this.#subs.push(bus.subscribe(this.#subjects.beat, (m) => this.#onBeatMessage(m)));
     this.#subs.push(bus.subscribe(this.#subjects.status, (m) => this.#intake.handle(m)));
-    if (nats && (o.ha ?? true)) {
-      this.#lease = await openKvLease({
-        bus,
-        bucket: await kvBucketName(this.clusterId, "reverb"),
-        holderId: this.id,
-        // Reverb's HA takes over as fast as pulse's: the lease's own default is the one fact.
-        ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
-        clock: this.#clock,
-      });
+    if (ha) {
+      this.#lease = this.#kv!;
       this.#lease.addEventListener("acquired", () => this.#setActive(true));
       this.#lease.addEventListener("lost", (e) => {
         const detail = { ...e.detail };
@@ -539,6 +792,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
       id: this.id,
       nats,
       stream: this.#stream?.name ?? null,
+      frames_verified: this.pulseKeyring !== undefined,
     });
   }
 
@@ -596,15 +850,95 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   #onBeatMessage(m: BusMessage): void {
     const arrival = this.#clock.now();
     const frame = decodeBeatFrame(m.data, this.clusterId, this.#validator);
+    if (typeof frame === "string") {
+      return this.#frameRejected(frameErrorReason(frame), { error: frame.slice(0, 200) });
+    }
     // The schema's date-time admits instants Date.parse cannot read (a leap second).
-    if (typeof frame === "string" || !Number.isFinite(parseInstant(frame.deadline_at))) {
-      this.#framesInvalid++;
+    if (!Number.isFinite(parseInstant(frame.deadline_at))) return this.#frameRejected("unreadable");
+    const ring = this.pulseKeyring;
+    if (ring === undefined) {
+      if (this.#frameHead === this.#frameJobs.length) this.#applyFrame(frame, arrival, false);
+      else this.#frameJobs.push({ frame, arrival, state: DONE, reason: undefined });
       return;
     }
-    const obs = this.#aggregator.observeBeat(frame, arrival);
-    if (obs === undefined) return;
+    // Cheap refusals first, so junk costs no signature check.
+    const headers = m.headers;
+    const keyId = headers?.["x-key-id"];
+    if (!headers?.["x-signature"] || !keyId) return this.#frameRejected("unsigned");
+    const key = ring.findKey(keyId);
+    if (key === undefined) {
+      return this.#frameRejected("unknown_key", { key_id: keyId.slice(0, 64) });
+    }
+    if (!isKeyValidAt(key, arrival)) {
+      return this.#frameRejected("key_expired", { key_id: key.keyId });
+    }
+    const epoch = frame.epoch ?? 0;
+    // An older epoch is refused whoever signed it: no need to check the signature.
+    if (epoch < this.#aggregator.epoch && this.#aggregator.confirmed) {
+      return this.#frameRejected("old_epoch");
+    }
+    if (this.#frameJobs.length - this.#frameHead >= MAX_PENDING_FRAMES) {
+      return this.#frameRejected("overload");
+    }
+    const job: FrameJob = { frame, arrival, state: PENDING, reason: undefined };
+    this.#frameJobs.push(job);
+    // A copy: the bus may reuse the buffer once this handler returns.
+    verifySigned(ring, "backbeat.beatframe.v1", this.clusterId, m.data.slice(), headers, {
+      epoch,
+      at: arrival,
+    }).then(
+      (r) => r.ok ? undefined : job.reason = r.reason,
+      () => job.reason = "bad_signature",
+    ).finally(() => {
+      job.state = DONE;
+      this.#drainFrames();
+    });
+  }
+
+  // Applies checked frames in arrival order, stopping at the first still being checked.
+  #drainFrames(): void {
+    const jobs = this.#frameJobs;
+    while (this.#frameHead < jobs.length && jobs[this.#frameHead].state === DONE) {
+      const job = jobs[this.#frameHead];
+      jobs[this.#frameHead++] = undefined as unknown as FrameJob;
+      if (this.#stopping) continue;
+      if (job.reason !== undefined) this.#frameRejected(job.reason);
+      else this.#applyFrame(job.frame, job.arrival, this.pulseKeyring !== undefined);
+    }
+    if (this.#frameHead === jobs.length) {
+      this.#frameJobs = [];
+      this.#frameHead = 0;
+    }
+  }
+
+  #applyFrame(frame: BeatFrame, arrival: number, verified: boolean): void {
+    const epoch = this.#aggregator.epoch;
+    const r = this.#aggregator.observeBeat(frame, arrival, { verified });
+    if (r.beat === undefined) {
+      const st = r.status;
+      if (st !== "ignored" && st !== "new" && st !== "restart") this.#frameRejected(st);
+      return;
+    }
     this.#beats++;
-    this.dispatchEvent(new CustomEvent<BeatObservation>("beat", { detail: obs }));
+    if (verified) this.#framesVerified++;
+    if (r.status === "restart") {
+      this.#logger.info("following a new timeline", {
+        epoch: frame.epoch ?? 0,
+        previous_epoch: epoch,
+        beat: frame.beat_index,
+        verified,
+      });
+    }
+    this.dispatchEvent(new CustomEvent<BeatObservation>("beat", { detail: r.beat }));
+  }
+
+  #frameRejected(reason: FrameRejectReason, detail?: LogFields): void {
+    this.#framesRejected[reason]++;
+    if (
+      reason === "oversized" || reason === "malformed" || reason === "schema" ||
+      reason === "cluster" || reason === "unreadable"
+    ) this.#framesInvalid++;
+    this.#frameLog.add(reason, detail);
   }
 
   #onBarMessage(m: BusMessage): void {
@@ -625,15 +959,21 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   }
 
   #addHistory(report: BarReport): void {
-    this.#lastReportSeenAt = this.#clock.now();
+    const now = this.#clock.now();
+    this.#lastReportSeenAt = now;
     if (this.#historyIds.has(report.window_id)) return;
-    this.#historyIds.add(report.window_id);
+    this.#historyIds.set(report.window_id, now);
+    // History is in publish order: a new timeline starts at a low beat again and is still the
+    // newest. Only a report a few windows below the newest (two reverbs around a takeover) moves
+    // to its place, looking back a bounded number of entries.
     const h = this.#history;
-    if (h.length === 0 || h[h.length - 1].from_beat <= report.from_beat) h.push(report);
-    else {
-      h.push(report);
-      h.sort((a, b) => a.from_beat - b.from_beat);
-    }
+    const span = (report.to_beat - report.from_beat + 1) * MAX_OPEN_WINDOWS;
+    let i = h.length;
+    while (
+      i > 0 && h.length - i < MAX_OPEN_WINDOWS && h[i - 1].from_beat > report.from_beat &&
+      h[i - 1].from_beat - report.from_beat <= span
+    ) i--;
+    h.splice(i, 0, report);
     while (h.length > this.#historySize) this.#historyIds.delete(h.shift()!.window_id);
     this.#shadow = this.#shadow.filter((s) => s.report.window_id !== report.window_id);
     this.dispatchEvent(new CustomEvent<BarReport>("report", { detail: report }));
@@ -659,7 +999,20 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   }
 
   #publish(report: BarReport, info: WindowInfo): void {
-    if (this.#historyIds.has(report.window_id)) return;
+    const seen = this.#historyIds.get(report.window_id);
+    if (seen !== undefined) {
+      // Reported already. By another reverb moments ago (a takeover), that is expected; long ago,
+      // the id was reused (a v1.0 timeline restarted without an epoch): say so.
+      const barMs = info.windowEnd - info.windowStart;
+      if (this.#clock.now() - seen > 4 * barMs + this.#aggregator.graceMs) {
+        this.#reportsDuplicate++;
+        this.#reportLog.add("duplicate_window_id", {
+          window_id: report.window_id,
+          from_beat: report.from_beat,
+        });
+      }
+      return;
+    }
     const data = encoder.encode(JSON.stringify(report));
     const headers = { "x-window-id": report.window_id, "x-reverb-id": this.id };
     try {
@@ -699,13 +1052,18 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     this.#summaryCancel = this.#clock.schedule(this.#lastSummaryAt + every, tick);
   }
 
+  // The intake's refusals, and the aggregator's late claims (accepted, but not in their window).
+  #rejected(): Record<RejectReason, number> {
+    return { ...this.#intake.stats.rejected, late: this.#aggregator.lateClaims };
+  }
+
   #makeSummary(elapsedMs: number): ClaimsSummary {
     const s = this.#intake.stats;
     const rate = elapsedMs > 0 ? (s.accepted - this.#lastAccepted) / (elapsedMs / 1000) : 0;
     this.#lastAccepted = s.accepted;
     return {
       accepted: s.accepted,
-      rejected: { ...s.rejected },
+      rejected: this.#rejected(),
       accepted_per_second: Math.round(rate * 10) / 10,
       agents_tracked: this.#aggregator.agentCount,
       in_flight: s.inFlight,
@@ -723,7 +1081,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     return {
       ...this.#summary,
       accepted: s.accepted,
-      rejected: { ...s.rejected },
+      rejected: this.#rejected(),
       agents_tracked: this.#aggregator.agentCount,
       in_flight: s.inFlight,
       queued: s.queued,
@@ -755,6 +1113,13 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     if (this.#stream && this.#stream.pending > 0) {
       out.push(`${this.#stream.pending} reports waiting to be stored`);
     }
+    const replay = this.#replay.stats;
+    if (this.#started && this.#replayWanted() && !replay.persistent) {
+      out.push("replay marks not loaded from the KV bucket: a restart forgets them");
+    }
+    if (agg.lastBeat !== undefined && !agg.confirmed) {
+      out.push("following a timeline no second frame has confirmed yet: no window closes");
+    }
     const t = agg.timeline;
     if (t && agg.lastBeat && agg.nextBar !== undefined) {
       const barMs = t.periodAt(agg.lastBeat.beat_index) * t.beatsPerBar;
@@ -766,6 +1131,10 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
       }
     }
     return out;
+  }
+
+  #replayWanted(): boolean {
+    return isNatsBus(this.#bus) && (this.#options.replayStore ?? true);
   }
 
   #firstWindowDue(): number {
@@ -793,7 +1162,24 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
       beat,
       grace_ms: round3(agg.graceMs),
       require_signatures: this.#intake.requireSignatures,
+      legacy_claim_signatures: this.#intake.legacySignatures,
+      max_claim_age_ms: this.#intake.maxClaimAgeMs,
+      max_clock_offset_ms: this.#intake.maxClockOffsetMs,
       keyring_keys: this.keyring.size,
+      frames: {
+        verified: this.pulseKeyring !== undefined,
+        pulse_keyring_keys: this.pulseKeyring?.size ?? null,
+        rejected: { ...this.#framesRejected },
+        epoch: agg.epoch,
+        confirmed: agg.confirmed,
+        timeline_restarts: agg.timelineRestarts,
+      },
+      replay: {
+        marks: this.#replay.stats.marks,
+        persistent: this.#replay.stats.persistent,
+        evicted: this.#replay.stats.evicted,
+        store_failures: this.#replay.stats.storeFailures,
+      },
       claims: this.claimsSummary(),
       reports_published: this.#reportsPublished,
       history_size: this.#history.length,
@@ -831,10 +1217,11 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   metrics(): ReverbMetrics {
     const s = this.#intake.stats;
     const agg = this.#aggregator;
+    const replay = this.#replay.stats;
     return {
       claimsAccepted: s.accepted,
       claimsSigned: s.signed,
-      claimsRejected: { ...s.rejected },
+      claimsRejected: this.#rejected(),
       verifyTime: this.#intake.verifyTime.snapshot(),
       verifyOffloaded: s.offloaded,
       verifyInFlight: s.inFlight,
@@ -848,13 +1235,22 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
       beatsObserved: this.#beats,
       framesInvalid: this.#framesInvalid,
       framesStale: agg.staleFrames,
+      framesRejected: { ...this.#framesRejected },
+      framesVerified: this.#framesVerified,
       timelineRestarts: agg.timelineRestarts,
+      epoch: agg.epoch,
       barsSkipped: agg.skippedBars,
+      windowsDropped: agg.droppedWindows,
+      reportsDuplicate: this.#reportsDuplicate,
+      replayMarks: replay.marks,
+      replayMarksEvicted: replay.evicted,
+      replayStoreFailures: replay.storeFailures,
       active: this.active,
       tempoBpm: agg.lastBeat?.tempo_bpm ?? 0,
       tempoDriftMs: agg.lastBeat?.drift_ms ?? 0,
       keyringKeys: this.keyring.size,
       keyringReloadFailures: this.#watcher?.failures ?? 0,
+      pulseKeyringKeys: this.pulseKeyring?.size ?? 0,
       historyStreamReady: this.#stream !== undefined,
     };
   }
@@ -881,12 +1277,17 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     await this.#aggregator.settled();
     await withTimeout(this.#intake.idle(), STOP_DRAIN_MS, this.#clock);
     await this.#intake.close();
-    if (this.#lease) {
-      this.#active = false;
-      await this.#lease.release().catch(() => {});
-    }
+    // The last marks are written before the bucket is let go (bounded).
+    await this.#replay.stop();
+    this.#active = false;
+    await this.#kv?.release().catch(() => {});
     await this.#stream?.close();
     await this.#watcher?.stop();
+    await this.#pulseWatcher?.stop();
+    this.#frameLog.stop();
+    this.#claimLog.stop();
+    this.#reportLog.stop();
+    this.#storeLog.stop();
     if (this.#ownsBus) await this.#bus.close();
     if (this.#started) this.#logger.info("reverb stopped", { id: this.id });
   }

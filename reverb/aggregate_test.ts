@@ -135,18 +135,25 @@ Deno.test("BarAggregator reports a scripted bar: on time, late, helping then com
   h.agg.stop();
 });
 
-Deno.test("BarAggregator counts a claim for an already reported window in the window open at arrival", async () => {
+Deno.test("BarAggregator counts a claim for an already reported window as late: the agent's state moves, no window's tallies do", async () => {
   const h = harness();
   for (let n = 0; n <= 4; n++) await h.beat(n);
   await h.to(T0 + 4_300); // bar 0 reported at 4200
   h.claim({ agent_id: "slow", beat_index: 3, state: "reviewing" });
+  assert.equal(h.agg.lateClaims, 1);
+  const view = h.agg.agents()[0];
+  assert.deepEqual([view.state, view.claims_accepted, view.claims_late], ["reviewing", 1, 1]);
   for (let n = 5; n <= 8; n++) await h.beat(n);
   await h.to(T0 + 8_200);
   const bar1 = h.reports[1];
   assert.equal(bar1.from_beat, 4);
-  assert.equal(bar1.agents_reporting, 1);
+  assert.equal(bar1.agents_reporting, 0, "not counted in the window open at its arrival");
   assert.equal(bar1.on_time_reviews, 0);
-  assert.deepEqual(kinds(bar1), ["late_review:slow"]);
+  assert.deepEqual(bar1.issues, [{
+    kind: "claims_rejected",
+    detail: "1 claims rejected: late (agents: slow)",
+    count: 1,
+  }]);
   h.agg.stop();
 });
 
@@ -291,9 +298,9 @@ Deno.test("BarAggregator ignores frames at or below the highest beat seen (a dep
   await h.beat(0);
   await h.beat(1);
   const stale = await h.timeline.frame(CLUSTER, 1, "0000:0000:0000");
-  assert.equal(h.agg.observeBeat(stale, h.clock.now()), undefined);
+  assert.deepEqual(h.agg.observeBeat(stale, h.clock.now()), { status: "stale", beat: undefined });
   const other: BeatFrame = { ...stale, cluster_id: "other", beat_index: 2 };
-  assert.equal(h.agg.observeBeat(other, h.clock.now()), undefined);
+  assert.deepEqual(h.agg.observeBeat(other, h.clock.now()), { status: "ignored", beat: undefined });
   assert.equal(h.agg.staleFrames, 1);
   assert.equal(h.agg.lastBeat?.beat_index, 1);
   h.agg.stop();
@@ -340,9 +347,13 @@ Deno.test("BarAggregator follows a restarted timeline after three agreeing beats
   assert.equal(h.agg.lastBeat?.beat_index, 2);
   for (let n = 3; n <= 12; n++) await h.beat(n);
   await h.to(h.timeline.dueAt(12) + 200);
-  // The new timeline reports from its first full bar. The old one's open bar (104) is dropped
-  // at the restart, incomplete.
-  assert.deepEqual(h.reports.map((r) => r.from_beat), [100, 4, 8]);
+  // The old timeline's open bar (104) saw a beat: it is reported at the restart, not dropped.
+  // The new timeline is reported from its first bar (0), located from the restart frame's
+  // window id although the frames that vouched for it (0, 1, 2) began with one not followed.
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [100, 104, 0, 4, 8]);
+  assert.equal(h.reports[1].window_id, await windowId(CLUSTER, 104));
+  assert.equal(h.agg.droppedWindows, 0);
+  assert.equal(h.agg.skippedBars, 0);
   h.agg.stop();
 });
 
@@ -354,7 +365,10 @@ Deno.test("BarAggregator ignores a frame whose deadline_at cannot be read, so th
   leap.deadline_at = "2030-06-30T23:59:60Z";
   assert.equal(validator.validateMessage(leap).valid, true, "the schema admits it");
   await h.to(h.timeline.dueAt(3));
-  assert.equal(h.agg.observeBeat(leap, h.clock.now()), undefined);
+  assert.deepEqual(h.agg.observeBeat(leap, h.clock.now()), {
+    status: "unreadable",
+    beat: undefined,
+  });
   for (let n = 4; n <= 8; n++) await h.beat(n);
   await h.to(T0 + 8_200);
   assert.equal(h.reports[0].tempo_drift_ms, 0.4);
@@ -430,5 +444,229 @@ Deno.test("BarAggregator derives window ids on the frames' timeline epoch, throu
   await h.to(T0 + 4_200);
   assert.equal(h.reports[0].window_id, await windowId(CLUSTER, 0, 7));
   assert.notEqual(h.reports[0].window_id, await windowId(CLUSTER, 0), "epoch 0 would differ");
+  h.agg.stop();
+});
+
+// A frame nobody's timeline explains: 1 ms beats, index 10^12, a deadline a year in the past.
+function forged(from: BeatFrame, fields: Partial<BeatFrame> = {}): BeatFrame {
+  return {
+    ...from,
+    beat_index: 1e12,
+    tempo_bpm: 60_000,
+    downbeat: true,
+    phase: "plan",
+    deadline_at: "2029-01-01T00:00:00Z",
+    ...fields,
+  };
+}
+
+Deno.test("BarAggregator: one forged first frame (tempo 60,000, index 10^12) publishes nothing and skips nothing; the real windows are reported", async () => {
+  const h = harness();
+  const real0 = await h.timeline.frame(CLUSTER, 0, "0000:0000:0000");
+  await h.to(T0 - 100);
+  // The first frame reverb ever sees is the forgery: followed, but vouched for by nobody.
+  assert.equal(h.agg.observeBeat(forged(real0), h.clock.now()).status, "new");
+  await h.to(T0 - 50);
+  assert.equal(h.agg.confirmed, false);
+  for (let n = 0; n <= 12; n++) await h.beat(n);
+  await h.to(T0 + 12_200);
+  // The forgery was never vouched for: the first real frame replaced it (it may not refuse what
+  // follows), the second confirmed the real timeline.
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [0, 4, 8]);
+  for (const r of h.reports) {
+    assert.equal(r.window_id, await windowId(CLUSTER, r.from_beat));
+    assert.equal(validator.validateMessage(r).valid, true);
+  }
+  assert.equal(h.agg.skippedBars, 0);
+  assert.equal(h.agg.timelineRestarts, 0);
+  assert.equal(h.agg.droppedWindows, 1, "the forgery's window, never reported");
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator: a forged first frame of a huge epoch cannot pin reverb to it", async () => {
+  const h = harness({}, new Timeline({ originTime: T0, tempoBpm: 60, epoch: 5 }));
+  const real0 = await h.timeline.frame(CLUSTER, 0, "0000:0000:0000");
+  await h.to(T0 - 100);
+  h.agg.observeBeat(forged(real0, { epoch: Number.MAX_SAFE_INTEGER }), h.clock.now());
+  for (let n = 0; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 8_200);
+  assert.equal(h.agg.epoch, 5);
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [0, 4]);
+  assert.equal(h.reports[0].window_id, await windowId(CLUSTER, 0, 5));
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator: a forged frame mid-stream is implausible and changes nothing", async () => {
+  const h = harness();
+  for (let n = 0; n <= 5; n++) await h.beat(n);
+  const f = forged(await h.timeline.frame(CLUSTER, 5, "0000:0000:0000"));
+  assert.equal(h.agg.observeBeat(f, h.clock.now()).status, "implausible");
+  // Another cluster's epoch trick: a lone frame of a newer epoch waits for a second one.
+  const e = { ...await h.timeline.frame(CLUSTER, 6, "0000:0000:0000"), epoch: 2 ** 52 };
+  assert.equal(h.agg.observeBeat(e, h.clock.now()).status, "pending");
+  for (let n = 6; n <= 8; n++) await h.beat(n);
+  await h.to(T0 + 8_200);
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [0, 4]);
+  assert.equal(h.agg.skippedBars, 0);
+  assert.equal(h.agg.epoch, 0);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator at the end of the index space: a 2^53 − 1 frame reports nothing unverified, arms no timer that fires at once verified", async () => {
+  const h = harness();
+  const base = await h.timeline.frame(CLUSTER, 0, "0000:0000:0000");
+  const max = (bpb: number, epoch: number) =>
+    forged(base, { beat_index: Number.MAX_SAFE_INTEGER, beats_per_bar: bpb, epoch });
+  // Unverified, as an attacker sends it: followed, never vouched for.
+  h.agg.observeBeat(max(4, 0), h.clock.now());
+  h.claim({ agent_id: "x", beat_index: Number.MAX_SAFE_INTEGER });
+  await h.to(h.clock.now() + 60_000);
+  assert.equal(h.reports.length, 0);
+  // Verified (a pulse key signed it): still no timer that fires again at once. A hot timer
+  // would make advance() run forever; a minute passes in bounded steps instead.
+  for (const [bpb, epoch] of [[1, 1], [4, 2], [64, 3]]) {
+    const r = h.agg.observeBeat(max(bpb, epoch), h.clock.now(), { verified: true });
+    assert.equal(r.status, "restart");
+    await h.to(h.clock.now() + 60_000);
+    assert.ok(h.clock.pending <= 1, `timers pending: ${h.clock.pending}`);
+  }
+  // The one window that fits below 2^53 (one beat a bar, at 2^53 − 1) is reported at the next
+  // restart; the others cannot end inside the index space and are dropped, counted.
+  assert.deepEqual(h.reports.map((r) => [r.from_beat, r.to_beat]), [[
+    Number.MAX_SAFE_INTEGER,
+    Number.MAX_SAFE_INTEGER,
+  ]]);
+  for (const r of h.reports) assert.equal(validator.validateMessage(r).valid, true);
+  assert.equal(h.agg.skippedBars, 0);
+  assert.ok(Number.isSafeInteger(h.agg.droppedWindows));
+  h.agg.stop();
+});
+
+// A clock whose timers run only when told (a process that was suspended): `run()` fires what
+// is due at the current time, bounded.
+class StallingClock {
+  #now: number;
+  #timers: Array<{ at: number; fn: () => void; live: boolean }> = [];
+  constructor(now: number) {
+    this.#now = now;
+  }
+  now(): number {
+    return this.#now;
+  }
+  set(now: number): void {
+    this.#now = now;
+  }
+  schedule(at: number, fn: () => void): () => void {
+    const t = { at, fn, live: true };
+    this.#timers.push(t);
+    return () => t.live = false;
+  }
+  run(): number {
+    let fired = 0;
+    for (let i = 0; i < 100; i++) {
+      const due = this.#timers.filter((t) => t.live && t.at <= this.#now);
+      if (due.length === 0) break;
+      for (const t of due) {
+        t.live = false;
+        fired++;
+        t.fn();
+      }
+    }
+    this.#timers = this.#timers.filter((t) => t.live);
+    return fired;
+  }
+}
+
+Deno.test("BarAggregator bounds skipped windows by the time that passed, in whole bars", async () => {
+  const clock = new StallingClock(T0);
+  const reports: BarReport[] = [];
+  const skips: Array<[string, number, number]> = [];
+  const agg = new BarAggregator({
+    clusterId: CLUSTER,
+    clock,
+    graceMs: 200,
+    onReport: (r) => reports.push(r),
+    onSkip: (kind, n, from) => skips.push([kind, n, from]),
+  });
+  const t = new Timeline({ originTime: T0, tempoBpm: 60 });
+  for (let n = 0; n <= 1; n++) {
+    clock.set(t.dueAt(n));
+    agg.observeBeat(await t.frame(CLUSTER, n, "0000:0000:0000"), clock.now());
+  }
+  // The process stalls for 100 s (25 bars of 4 s); its timers run only then.
+  clock.set(T0 + 104_000);
+  assert.ok(clock.run() <= 2, "one catch-up, then the timer for the bar in progress");
+  await agg.settled();
+  assert.equal(reports.length, 8, "eight overdue windows are caught up");
+  assert.deepEqual(skips, [["skipped", 18, 32]], "bars 32 to 100 are counted, once");
+  assert.equal(agg.skippedBars, 18);
+  assert.equal(agg.nextBar, 104);
+  agg.stop();
+});
+
+Deno.test("BarAggregator counts a verified jump far ahead by the time that passed, not by the index", async () => {
+  const h = harness();
+  for (let n = 0; n <= 5; n++) await h.beat(n);
+  // A verified frame 10^12 beats ahead, one beat later than beat 5.
+  const jump = { ...await h.timeline.frame(CLUSTER, 6, "0000:0000:0000"), beat_index: 1e12 };
+  await h.to(h.timeline.dueAt(6));
+  assert.equal(h.agg.observeBeat(jump, h.clock.now(), { verified: true }).status, "new");
+  await h.to(h.clock.now() + 5_000);
+  assert.ok(h.agg.skippedBars <= 2, `skipped ${h.agg.skippedBars}`);
+  // Bar 0 closed in time; bar 4 (beats 4, 5) is reported at the jump; then the new bars.
+  assert.deepEqual(h.reports.slice(0, 3).map((r) => r.from_beat), [0, 4, 1e12]);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator follows a verified newer epoch at its first frame: the old open bar is reported, the new windows from the first, ids never reused", async () => {
+  const e1 = new Timeline({ originTime: T0, tempoBpm: 60, epoch: 1_000 });
+  const h = harness({}, e1);
+  for (let n = 0; n <= 5; n++) {
+    const frame = await e1.frame(CLUSTER, n, "0000:0000:0000");
+    await h.to(e1.dueAt(n) + 0.4);
+    h.agg.observeBeat(frame, h.clock.now(), { verified: true });
+  }
+  // The cluster's timeline is recreated (its state lost): epoch 2000, beat 0 at T0 + 5500.
+  const e2 = new Timeline({ originTime: T0 + 5_500, tempoBpm: 60, epoch: 2_000 });
+  for (let n = 0; n <= 8; n++) {
+    const frame = await e2.frame(CLUSTER, n, "0000:0000:0000");
+    await h.to(e2.dueAt(n) + 0.4);
+    const r = h.agg.observeBeat(frame, h.clock.now(), { verified: true });
+    assert.equal(r.status, n === 0 ? "restart" : "new", `beat ${n}`);
+    if (n === 2) {
+      // A deposed pulse of the old timeline: refused.
+      const old = await e1.frame(CLUSTER, 8, "0000:0000:0000");
+      assert.equal(h.agg.observeBeat(old, h.clock.now(), { verified: true }).status, "old_epoch");
+    }
+  }
+  await h.to(e2.dueAt(8) + 200);
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [0, 4, 0, 4]);
+  assert.deepEqual(h.reports.map((r) => r.window_id), [
+    await windowId(CLUSTER, 0, 1_000),
+    await windowId(CLUSTER, 4, 1_000),
+    await windowId(CLUSTER, 0, 2_000),
+    await windowId(CLUSTER, 4, 2_000),
+  ]);
+  assert.equal(h.agg.epoch, 2_000);
+  assert.equal(h.agg.skippedBars + h.agg.droppedWindows, 0);
+  h.agg.stop();
+});
+
+Deno.test("BarAggregator follows an unverified newer epoch at its second agreeing frame and still reports its first window", async () => {
+  const e1 = new Timeline({ originTime: T0, tempoBpm: 60, epoch: 1_000 });
+  const h = harness({}, e1);
+  for (let n = 0; n <= 5; n++) await h.beat(n);
+  h.timeline = new Timeline({ originTime: T0 + 5_500, tempoBpm: 60, epoch: 2_000 });
+  await h.beat(0);
+  assert.equal(h.agg.epoch, 1_000, "one frame of a new epoch is not enough");
+  h.claim({ agent_id: "a", beat_index: 0 });
+  await h.beat(1);
+  assert.equal(h.agg.epoch, 2_000, "the second agreeing frame moves reverb, within one beat");
+  h.claim({ agent_id: "a", beat_index: 1 });
+  for (let n = 2; n <= 8; n++) await h.beat(n);
+  await h.to(h.timeline.dueAt(8) + 200);
+  assert.deepEqual(h.reports.map((r) => r.from_beat), [0, 4, 0, 4]);
+  assert.equal(h.reports[2].window_id, await windowId(CLUSTER, 0, 2_000));
+  assert.equal(h.reports[2].agents_reporting, 1, "a claim of the new window's beat counts in it");
   h.agg.stop();
 });

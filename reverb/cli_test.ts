@@ -20,9 +20,12 @@ Deno.test("parseReverbArgs() gives defaults when nothing is set", () => {
     http: { hostname: "127.0.0.1", port: 8081 },
     keyring: undefined,
     requireSignatures: false,
+    legacyClaimSignatures: false,
+    pulseKeyring: undefined,
     graceMs: undefined,
     maxClaimBytes: 4096,
-    maxClaimAgeBeats: 8,
+    maxClaimAgeMs: 120_000,
+    maxClockOffsetMs: 10_000,
     id: undefined,
     logLevel: "info",
   });
@@ -38,12 +41,16 @@ Deno.test("parseReverbArgs() reads every flag, and flags win over BACKBEAT_* var
     "--keyring",
     "/etc/ring.json",
     "--require-signatures",
+    "--legacy-claim-signatures",
+    "--pulse-keyring",
+    "/etc/pulses.json",
     "--grace-ms",
     "250",
     "--max-claim-bytes",
     "2048",
-    "--max-claim-age-beats",
-    "3",
+    "--max-claim-age-ms",
+    "90000",
+    "--max-clock-offset-ms=2500",
     "--id",
     "reverb-b",
     "--log-level",
@@ -55,9 +62,12 @@ Deno.test("parseReverbArgs() reads every flag, and flags win over BACKBEAT_* var
     http: { hostname: "0.0.0.0", port: 9000 },
     keyring: "/etc/ring.json",
     requireSignatures: true,
+    legacyClaimSignatures: true,
+    pulseKeyring: "/etc/pulses.json",
     graceMs: 250,
     maxClaimBytes: 2048,
-    maxClaimAgeBeats: 3,
+    maxClaimAgeMs: 90_000,
+    maxClockOffsetMs: 2_500,
     id: "reverb-b",
     logLevel: "debug",
   });
@@ -72,9 +82,17 @@ Deno.test("parseReverbArgs() falls back to BACKBEAT_* variables", () => {
     BACKBEAT_REQUIRE_SIGNATURES: "true",
     BACKBEAT_GRACE_MS: "0",
     BACKBEAT_MAX_CLAIM_BYTES: "512",
+    BACKBEAT_MAX_CLAIM_AGE_MS: "60000",
+    BACKBEAT_MAX_CLOCK_OFFSET_MS: "1000",
+    BACKBEAT_PULSE_KEYRING: "pulses.json",
+    BACKBEAT_LEGACY_CLAIM_SIGNATURES: "true",
     BACKBEAT_REVERB_ID: "r1",
     BACKBEAT_LOG_LEVEL: "warn",
   });
+  assert.equal(c.maxClaimAgeMs, 60_000);
+  assert.equal(c.maxClockOffsetMs, 1_000);
+  assert.equal(c.pulseKeyring, "pulses.json");
+  assert.equal(c.legacyClaimSignatures, true);
   assert.equal(c.clusterId, "staging");
   assert.deepEqual(c.natsServers, ["nats://nats:4222"]);
   assert.equal(c.http, undefined);
@@ -115,6 +133,14 @@ Deno.test("parseReverbArgs() explains bad values, naming the flag or variable", 
     [["--bogus"], {}, /Unknown flag --bogus/],
     [["extra"], {}, /Unexpected argument "extra"/],
     [["--cluster"], {}, /Missing value for --cluster/],
+    // Every claim would be refused: a startup error, not a silent policy.
+    [["--require-signatures"], {}, /Invalid --require-signatures without --keyring/],
+    [[], { BACKBEAT_REQUIRE_SIGNATURES: "1" }, /BACKBEAT_REQUIRE_SIGNATURES without --keyring/],
+    [["--max-claim-age-ms", "0"], {}, /Invalid --max-claim-age-ms "0"/],
+    [["--max-clock-offset-ms", "x"], {}, /Invalid --max-clock-offset-ms "x"/],
+    [["--pulse-keyring", " "], {}, /Invalid --pulse-keyring: expected a file path/],
+    // The beat-count limit is gone: claims age by time.
+    [["--max-claim-age-beats", "8"], {}, /Unknown flag --max-claim-age-beats/],
   ];
   for (const [args, env, message] of cases) {
     assert.throws(() => parseReverbArgs(args, env), message, args.join(" "));
@@ -138,6 +164,10 @@ Deno.test("runReverbCli() prints help, exits 2 on bad flags and 1 when reverb ca
       "--http",
       "--keyring",
       "--require-signatures",
+      "--legacy-claim-signatures",
+      "--pulse-keyring",
+      "--max-claim-age-ms",
+      "--max-clock-offset-ms",
       "--grace-ms",
       "--max-claim-bytes",
       "--id",

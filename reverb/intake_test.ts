@@ -34,13 +34,15 @@ function harness(
   const accepted: Harness["accepted"] = [];
   const rejected: Harness["rejected"] = [];
   const intake = new ClaimIntake({
+    // The cluster of the helpers' default subject, backbeat.test.status.
+    clusterId: "test",
     validate: (v) => {
       const r = validator.validateMessage(v);
       return r.valid && r.type === "backbeat.statusclaim.v1";
     },
     keyring: () => keyring,
     clock,
-    maxClaimAgeMs: () => 4_000,
+    maxClaimAgeMs: 4_000,
     onAccept: (claim, _arrival, key) => accepted.push({ claim, key }),
     onReject: (reason, agentId) => rejected.push({ reason, agentId }),
     ...options,
@@ -85,10 +87,12 @@ Deno.test("ClaimIntake rejects each bad claim by its reason, in pipeline order, 
     ...good,
     data: new TextEncoder().encode(JSON.stringify(ok({ hlc: hlcAt(T0, 3), progress: 0.9 }))),
   });
-  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0 - 4_001) }))); // stale
-  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0 + 60_001) }))); // future
-  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0, 9) })));
-  h.intake.handle(claimMessage(ok({ hlc: hlcAt(T0, 9) }))); // replay
+  // Freshness and replay, from an agent without keys (agent-a must sign).
+  const c = (hlc: string) => claimMessage(ok({ agent_id: "agent-c", hlc }));
+  h.intake.handle(c(hlcAt(T0 - 4_001))); // stale
+  h.intake.handle(c(hlcAt(T0 + 60_001))); // future
+  h.intake.handle(c(hlcAt(T0, 9)));
+  h.intake.handle(c(hlcAt(T0, 9))); // replay
   await h.intake.idle();
   assert.deepEqual(h.accepted.map((x) => x.claim.hlc), [hlcAt(T0, 9)]);
   const s = h.intake.stats;
@@ -196,12 +200,7 @@ Deno.test("ClaimIntake verifies concurrently but applies each agent's claims in 
   for (let n = 0; n < 40; n++) {
     for (const a of agents) {
       const claim = makeClaim({ agent_id: a.id, hlc: hlcAt(T0, n), progress: n / 40 });
-      // Every fifth claim is unsigned: it must still wait behind the agent's signed ones.
-      messages.push(
-        n % 5 === 4
-          ? claimMessage(claim)
-          : await signedMessage(claim, a.pair.keyPair.privateKey, "k"),
-      );
+      messages.push(await signedMessage(claim, a.pair.keyPair.privateKey, "k"));
     }
   }
   for (const m of messages) {
@@ -236,25 +235,28 @@ Deno.test("ClaimIntake rejects with overload when the wait queue is full", async
   assert.equal(h.accepted.length, 2);
 });
 
-Deno.test("ClaimIntake refuses a replay older than everything it still remembers", () => {
-  const h = harness(Keyring.EMPTY, { replayMemory: 2 });
+Deno.test("ClaimIntake refuses every claim at or below the agent's high-water mark", () => {
+  const h = harness();
   for (let n = 1; n <= 3; n++) h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, n) })));
   h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, 1) })));
   h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, 3).toUpperCase() })));
   h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(T0, 4) })));
-  assert.equal(h.intake.stats.rejected.replay, 2, "forgotten and upper-cased replays alike");
-  assert.equal(h.accepted.length, 4);
+  // Another agent has its own mark.
+  h.intake.handle(claimMessage(makeClaim({ agent_id: "agent-2", hlc: hlcAt(T0, 1) })));
+  assert.equal(h.intake.stats.rejected.replay, 2, "older and upper-cased replays alike");
+  assert.deepEqual(h.accepted.map((x) => x.claim.hlc), [1, 2, 3, 4, 1].map((n) => hlcAt(T0, n)));
 });
 
-Deno.test("ClaimIntake refuses a replay at or below the floor across the 2^32 ms wrap", () => {
-  // Remembered stamps straddle the wrap: the floor must order them by serial arithmetic.
+Deno.test("ClaimIntake orders replay marks across the 2^32 ms wrap", () => {
+  // The stamps straddle the wrap: the mark must order them by serial arithmetic.
   const clock = new ManualClock(2 ** 32 + 1_000);
-  const h = harness(Keyring.EMPTY, { clock, replayMemory: 1 });
+  const h = harness(Keyring.EMPTY, { clock });
   h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 - 10) }))); // before the wrap
-  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 + 10) }))); // after: floor = -10
-  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 - 20) }))); // below the floor
-  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 + 5) }))); // above it, new
-  assert.deepEqual(h.rejected.map((r) => r.reason), ["replay"]);
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 + 10) }))); // after: mark = +10
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 - 20) }))); // below the mark
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 + 5) }))); // below it too
+  h.intake.handle(claimMessage(makeClaim({ hlc: hlcAt(2 ** 32 + 15) }))); // above: new
+  assert.deepEqual(h.rejected.map((r) => r.reason), ["replay", "replay"]);
   assert.equal(h.accepted.length, 3);
 });
 
@@ -330,7 +332,7 @@ Deno.test("ClaimIntake survives throwing callbacks, also after an asynchronous v
       throw new Error("aggregator bug");
     },
   });
-  h.intake.handle(claimMessage(makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 0) })));
+  h.intake.handle(claimMessage(makeClaim({ agent_id: "agent-c", hlc: hlcAt(T0, 0) })));
   h.intake.handle(claimMessage("not a claim"));
   // Verified in a promise: a throw there would be an unhandled rejection ending the test run.
   const claim = makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 1) });
@@ -340,4 +342,157 @@ Deno.test("ClaimIntake survives throwing callbacks, also after an asynchronous v
   assert.equal(accepts, 2);
   assert.equal(rejects, 1);
   assert.equal(h.intake.stats.accepted, 2);
+});
+
+Deno.test("ClaimIntake verifies over the cluster-bound signed bytes: another cluster's signature is refused", async () => {
+  const { a, ring } = await keys();
+  const h = harness(ring);
+  const claim = (n: number) => makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, n) });
+  // Signed for cluster "other", delivered to this ("test") cluster's intake.
+  h.intake.handle(
+    await signedMessage(claim(1), a.keyPair.privateKey, "ka", undefined, { clusterId: "other" }),
+  );
+  // The 0.1 form, over the payload alone: refused unless legacy signatures are on.
+  h.intake.handle(
+    await signedMessage(claim(2), a.keyPair.privateKey, "ka", undefined, {
+      legacy: true,
+    }),
+  );
+  h.intake.handle(await signedMessage(claim(3), a.keyPair.privateKey, "ka"));
+  await h.intake.idle();
+  assert.deepEqual(h.accepted.map((x) => x.claim.hlc), [hlcAt(T0, 3)]);
+  assert.equal(h.intake.stats.rejected.bad_signature, 2);
+  assert.equal(h.intake.legacySignatures, false);
+});
+
+Deno.test("ClaimIntake with legacySignatures accepts both forms, still bound to nothing else", async () => {
+  const { a, b, ring } = await keys();
+  const h = harness(ring, { legacySignatures: true, verifyWorkers: 1 });
+  try {
+    const claim = (n: number) => makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, n) });
+    h.intake.handle(
+      await signedMessage(claim(1), a.keyPair.privateKey, "ka", undefined, {
+        legacy: true,
+      }),
+    );
+    h.intake.handle(await signedMessage(claim(2), a.keyPair.privateKey, "ka"));
+    // A stranger's legacy signature fails both checks.
+    h.intake.handle(
+      await signedMessage(claim(3), b.keyPair.privateKey, "ka", undefined, {
+        legacy: true,
+      }),
+    );
+    await h.intake.idle();
+    assert.deepEqual(h.accepted.map((x) => x.claim.hlc), [hlcAt(T0, 1), hlcAt(T0, 2)]);
+    assert.equal(h.intake.stats.rejected.bad_signature, 1);
+  } finally {
+    await h.intake.close();
+  }
+});
+
+Deno.test("ClaimIntake refuses an unsigned claim from an agent with keys, without requireSignatures", async () => {
+  const { a, ring } = await keys();
+  const h = harness(ring);
+  assert.equal(h.intake.requireSignatures, false);
+  h.intake.handle(claimMessage(makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 1) })));
+  h.intake.handle(claimMessage(makeClaim({ agent_id: "no-keys", hlc: hlcAt(T0, 1) })));
+  h.intake.handle(
+    await signedMessage(
+      makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 2) }),
+      a.keyPair.privateKey,
+      "ka",
+    ),
+  );
+  await h.intake.idle();
+  assert.deepEqual(h.rejected, [{ reason: "unsigned", agentId: "agent-a" }]);
+  assert.deepEqual(h.accepted.map((x) => x.claim.agent_id), ["no-keys", "agent-a"]);
+});
+
+Deno.test("ClaimIntake: 65 claims stamped 50 s ahead are future and do not lock the agent out", async () => {
+  const { a, ring } = await keys();
+  const h = harness(ring);
+  for (let n = 0; n < 65; n++) {
+    h.intake.handle(
+      await signedMessage(
+        makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0 + 50_000, n) }),
+        a.keyPair.privateKey,
+        "ka",
+      ),
+    );
+  }
+  await h.intake.idle();
+  assert.equal(h.intake.stats.rejected.future, 65);
+  for (let n = 0; n < 3; n++) {
+    await h.clock.advance(100);
+    h.intake.handle(
+      await signedMessage(
+        makeClaim({ agent_id: "agent-a", hlc: hlcAt(h.clock.now()) }),
+        a.keyPair.privateKey,
+        "ka",
+      ),
+    );
+  }
+  await h.intake.idle();
+  assert.equal(h.accepted.length, 3, "the honest claims are accepted");
+  assert.equal(h.intake.stats.rejected.replay, 0);
+});
+
+Deno.test("ClaimIntake judges freshness by maxClaimAgeMs (default two minutes) and the clock offset (default 10 s)", () => {
+  const clock = new ManualClock(T0);
+  const accepted: string[] = [];
+  const rejected: string[] = [];
+  const intake = new ClaimIntake({
+    clusterId: "test",
+    validate: () => true,
+    keyring: () => Keyring.EMPTY,
+    clock,
+    onAccept: (c) => accepted.push(c.agent_id),
+    onReject: (r) => rejected.push(r),
+  });
+  assert.equal(intake.maxClaimAgeMs, 120_000);
+  assert.equal(intake.maxClockOffsetMs, 10_000);
+  const send = (id: string, at: number) =>
+    intake.handle(claimMessage(makeClaim({ agent_id: id, hlc: hlcAt(at) })));
+  send("buffered-through-an-outage", T0 - 119_000);
+  send("too-old", T0 - 121_000);
+  send("a-bit-ahead", T0 + 9_000);
+  send("too-far-ahead", T0 + 11_000);
+  assert.deepEqual(accepted, ["buffered-through-an-outage", "a-bit-ahead"]);
+  assert.deepEqual(rejected, ["stale", "future"]);
+  assert.throws(() => new ClaimIntake({ ...optionsOf(clock), maxClaimAgeMs: 0 }), RangeError);
+  assert.throws(
+    () => new ClaimIntake({ ...optionsOf(clock), maxClaimAgeMs: 8 * 24 * 3_600_000 }),
+    RangeError,
+  );
+});
+
+function optionsOf(clock: ManualClock): ClaimIntakeOptions {
+  return {
+    clusterId: "test",
+    validate: () => true,
+    keyring: () => Keyring.EMPTY,
+    clock,
+    onAccept: () => {},
+  };
+}
+
+Deno.test("ClaimIntake bounds its state: lanes go when drained, a flood of made-up agents cannot evict a keyed agent's mark", async () => {
+  const { a, ring } = await keys();
+  const h = harness(ring, { maxTrackedAgents: 100 });
+  const keyed = await signedMessage(
+    makeClaim({ agent_id: "agent-a", hlc: hlcAt(T0, 1) }),
+    a.keyPair.privateKey,
+    "ka",
+  );
+  h.intake.handle(keyed);
+  await h.intake.idle();
+  for (let i = 0; i < 20_000; i++) {
+    h.intake.handle(claimMessage(makeClaim({ agent_id: `junk-${i}`, hlc: hlcAt(T0, 1) })));
+  }
+  assert.equal(h.intake.lanes, 0, "no lane outlives its claims");
+  assert.equal(h.intake.replay.stats.marks, 101, "100 unkeyed marks and the keyed one");
+  assert.equal(h.intake.replay.stats.evicted, 19_900);
+  h.intake.handle(keyed);
+  await h.intake.idle();
+  assert.equal(h.intake.stats.rejected.replay, 1, "the keyed agent's replay is still refused");
 });

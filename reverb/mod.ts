@@ -8,6 +8,22 @@
  * JSON API, Server-Sent Events and a live dashboard. Run it as a process with
  * `deno run -A reverb/main.ts --help`.
  *
+ * The bus is treated as hostile (docs/security.md):
+ * - **Frames.** With `pulseKeyring` only frames signed by a pulse key are followed; without it
+ *   frames are checked for plausibility, and no window is reported from a timeline that a second
+ *   frame has not confirmed, so one forged frame never produces a report. A newer epoch is
+ *   followed at its first verified frame (its second agreeing one without keys), an older one is
+ *   refused, and the new timeline's windows are reported from its first.
+ * - **Claims.** Signatures cover `signedBytes("backbeat.statusclaim.v1", cluster, payload)` (the
+ *   payload alone only with `legacyClaimSignatures`); an agent in the keyring must sign, always.
+ *   A claim older than `maxClaimAgeMs` is stale, one further ahead than `maxClockOffsetMs` is
+ *   `future` (the replay mark does not move), one at or below the agent's high-water mark is a
+ *   replay. The marks survive a restart in the KV bucket `backbeat_<cluster>_reverb`, written in
+ *   batches every `replayFlushIntervalMs`: a claim accepted within that interval before a crash
+ *   can be replayed once to the restarted reverb.
+ * - Every refusal is counted by reason (`/metrics`, `/api/v1/status`) and logged as a few summary
+ *   lines however many arrive; every map and list is bounded.
+ *
  * @example Run reverb on NATS with a keyring and a dashboard
  * ```ts ignore
  * import { connectNatsBus } from "@chorus/backbeat/nats";
@@ -46,6 +62,8 @@
 export {
   barStreamName,
   type ClaimsSummary,
+  FRAME_REJECT_REASONS,
+  FrameRejectReason,
   Reverb,
   type ReverbEventMap,
   type ReverbMetrics,
@@ -55,7 +73,12 @@ export {
 export { renderReverbMetrics } from "./_metrics.ts";
 export { type ReverbHttpOptions, type ReverbHttpServer, serveReverbHttp } from "./_http.ts";
 export type { AgentView, BeatObservation } from "./_aggregate.ts";
-export { RejectReason } from "./_intake.ts";
+export {
+  DEFAULT_MAX_CLAIM_AGE_MS,
+  DEFAULT_MAX_CLOCK_OFFSET_MS,
+  REJECT_REASONS,
+  RejectReason,
+} from "./_intake.ts";
 export { type KeyEntry, Keyring, type KeyringEntryJson, type KeyringJson } from "../core/mod.ts";
 // Types of the other entrypoints that reverb's API refers to (the values live in
 // @chorus/backbeat/sdk and @chorus/backbeat/schemas).
@@ -78,6 +101,7 @@ export type {
   Logger,
   Phase,
   PublishOptions,
+  RequestOptions,
   SubscribeOptions,
 } from "../core/mod.ts";
 export type {

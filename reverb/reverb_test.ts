@@ -4,9 +4,16 @@ import {
   type BarReport,
   generateSigningKeyPair,
   HybridLogicalClock,
+  importSigningKey,
   InMemoryBus,
+  Keyring,
+  type LogFields,
+  type Logger,
   ManualClock,
+  type SigningKey,
+  signMessage,
   Timeline,
+  windowId,
 } from "../core/mod.ts";
 import { MessageValidator } from "../schemas/mod.ts";
 import { hlcAt, makeClaim, signedMessage } from "../tests/reverb_helpers.ts";
@@ -248,4 +255,195 @@ Deno.test("Reverb's events are typed: beat, report, claims and role carry their 
   assert.deepEqual(seen.roles, [true]);
   assert.equal(bus.subscriptionCount, 0, "await using stopped reverb");
   await bus.close();
+});
+
+Deno.test("Reverb refuses requireSignatures without a keyring: every claim would be refused", () => {
+  assert.throws(
+    () => new Reverb({ clusterId: "dev", requireSignatures: true }),
+    (e) => e instanceof TypeError && /without a keyring/.test(e.message),
+  );
+  assert.throws(() => new Reverb({ clusterId: "dev", maxClaimAgeMs: 0 }), RangeError);
+  assert.throws(() => new Reverb({ clusterId: "dev", maxClockOffsetMs: -1 }), RangeError);
+});
+
+interface Lines {
+  logger: Logger;
+  lines: Array<{ level: string; msg: string; fields?: LogFields }>;
+}
+
+function lines(): Lines {
+  const out: Lines["lines"] = [];
+  const at = (level: string) => (msg: string, fields?: LogFields) =>
+    out.push({ level, msg, fields });
+  return {
+    lines: out,
+    logger: { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") },
+  };
+}
+
+Deno.test("Reverb: one forged first frame (tempo 60,000, index 10^12) publishes no report; the real windows are reported, counters sane", async () => {
+  const log = lines();
+  const w = await world({ logger: log.logger });
+  try {
+    const frame0 = await new Timeline({ originTime: T0, tempoBpm: 60 }).frame("dev", 0, "0");
+    await w.send("beat", {
+      ...frame0,
+      hlc: "0000:0000:0000",
+      beat_index: 1e12,
+      tempo_bpm: 60_000,
+      deadline_at: "2029-01-01T00:00:00Z",
+    });
+    for (let n = 0; n <= 12; n++) await w.beat(n);
+    await w.to(T0 + 12_200);
+    await until(() => w.published.length >= 3, { what: "the real reports" });
+    assert.deepEqual(w.published.map((r) => r.from_beat), [0, 4, 8]);
+    assert.deepEqual(w.reverb.reports.map((r) => r.from_beat), [0, 4, 8]);
+    const m = w.reverb.metrics();
+    assert.equal(m.barsSkipped, 0);
+    assert.equal(m.reportsPublished, 3);
+    // The forgery was never vouched for: the first real frame replaced it, the second confirmed.
+    assert.equal(m.framesRejected.implausible, 0);
+    assert.equal(m.timelineRestarts, 0);
+    assert.equal(m.windowsDropped, 1, "the forgery's window, never reported");
+    const text = renderReverbMetrics(m);
+    assert.match(text, /^backbeat_reverb_bars_skipped_total 0$/m);
+    assert.match(text, /^backbeat_reverb_windows_dropped_total 1$/m);
+    assert.equal(text.match(/# TYPE backbeat_reverb_frames_rejected_total/g)?.length, 1);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("Reverb keeps its history in publish order: after an epoch restart the new timeline's report is the newest", async () => {
+  const w = await world();
+  try {
+    const e1 = new Timeline({ originTime: T0, tempoBpm: 60, epoch: 100 });
+    const hlc = new HybridLogicalClock({ clock: () => w.clock.now() });
+    const send = async (t: Timeline, n: number) => {
+      await w.to(t.dueAt(n));
+      await w.send("beat", await t.frame("dev", n, hlc.now()));
+    };
+    for (let n = 1000; n <= 1009; n++) await send(e1, n);
+    await w.to(T0 + 1_008_200);
+    // Window ids are derived off the clock's turn: wait for the digests.
+    await until(() => w.reverb.reports.length >= 2, { what: "two reports" });
+    assert.deepEqual(w.reverb.reports.map((r) => r.from_beat), [1000, 1004]);
+    const e2 = new Timeline({ originTime: T0 + 1_010_000, tempoBpm: 60, epoch: 200 });
+    for (let n = 0; n <= 4; n++) await send(e2, n);
+    await w.to(e2.dueAt(4) + 200);
+    await until(() => w.reverb.reports.length >= 4, { what: "four reports" });
+    // 1000 and 1004 closed in time, 1008 (beats 1008, 1009) at the restart, then the new
+    // timeline's 0: the newest, although its beats are lower.
+    assert.deepEqual(w.reverb.reports.map((r) => r.from_beat), [1000, 1004, 1008, 0]);
+    assert.equal(w.reverb.reports.at(-1)!.window_id, await windowId("dev", 0, 200));
+    assert.equal(w.reverb.status().frames.epoch, 200);
+    assert.equal(w.reverb.metrics().reportsDuplicate, 0);
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("Reverb with a pulse keyring follows only frames signed by a pulse key for this cluster and epoch", async () => {
+  const pair = await generateSigningKeyPair();
+  const key = await importSigningKey(pair.keyPair.privateKey, "pulse-1");
+  const stranger = await importSigningKey((await generateSigningKeyPair()).keyPair.privateKey);
+  const pulseKeyring = await Keyring.fromJson({
+    pulse: [{ key_id: "pulse-1", public_key: pair.publicKey }],
+  });
+  const w = await world({ pulseKeyring });
+  try {
+    const t = new Timeline({ originTime: T0, tempoBpm: 60, epoch: 7 });
+    const hlc = new HybridLogicalClock({ clock: () => w.clock.now() });
+    const publish = async (
+      n: number,
+      sign?: { key: SigningKey; cluster?: string; epoch?: number },
+    ) => {
+      await w.to(t.dueAt(n));
+      const data = encoder.encode(JSON.stringify(await t.frame("dev", n, hlc.now())));
+      const headers = sign
+        ? await signMessage(
+          sign.key,
+          "backbeat.beatframe.v1",
+          sign.cluster ?? "dev",
+          data,
+          sign.epoch ?? 7,
+        )
+        : undefined;
+      w.bus.publish("backbeat.dev.beat", data, headers ? { headers } : undefined);
+      await w.bus.flush();
+    };
+    const seen = () => {
+      const m = w.reverb.metrics();
+      return m.beatsObserved + Object.values(m.framesRejected).reduce((a, b) => a + b, 0);
+    };
+    const cases: Array<Parameters<typeof publish>[1]> = [
+      undefined, // unsigned
+      { key: stranger }, // a key the pulse keyring does not hold
+      { key, cluster: "other" }, // signed for another cluster
+      { key, epoch: 6 }, // bound to another epoch
+    ];
+    for (let n = 0; n < cases.length; n++) {
+      await publish(n, cases[n]);
+      await until(() => seen() === n + 1, { what: `frame ${n} checked` });
+    }
+    const r = w.reverb.metrics().framesRejected;
+    assert.deepEqual([r.unsigned, r.unknown_key, r.bad_signature], [1, 1, 2]);
+    assert.equal(w.reverb.lastBeat, undefined, "no forged frame was followed");
+    for (let n = 4; n <= 12; n++) {
+      await publish(n, { key });
+      await until(() => seen() === n + 1, { what: `frame ${n} checked` });
+    }
+    await w.to(T0 + 12_200);
+    await until(() => w.published.length >= 2, { what: "reports" });
+    // Verified: followed at once, from the first signed frame (a downbeat).
+    assert.deepEqual(w.published.map((p) => p.from_beat), [4, 8]);
+    assert.equal(w.published[0].window_id, await windowId("dev", 4, 7));
+    const m = w.reverb.metrics();
+    assert.equal(m.framesVerified, 9);
+    assert.equal(m.pulseKeyringKeys, 1);
+    assert.equal(w.reverb.status().frames.verified, true);
+    assert.match(
+      renderReverbMetrics(m),
+      /^backbeat_reverb_frames_rejected_total\{reason="bad_signature"\} 2$/m,
+    );
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("Reverb counts 20,000 junk frames and 20,000 junk claims by reason in a handful of log lines", async () => {
+  const log = lines();
+  const w = await world({ logger: log.logger });
+  try {
+    const frame = await new Timeline({ originTime: T0, tempoBpm: 60 }).frame("dev", 0, "0");
+    for (let i = 0; i < 20_000; i++) {
+      const kind = i % 4;
+      w.bus.publish(
+        "backbeat.dev.beat",
+        kind === 0 ? encoder.encode("{junk") : encoder.encode(JSON.stringify(
+          kind === 1
+            ? { ...frame, hlc: "0000:0000:0000", beat_index: 2 ** 53 }
+            : kind === 2
+            ? { ...frame, hlc: "0000:0000:0000", cluster_id: "other" }
+            : { ...frame, hlc: "0000:0000:0000", beat_index: 1e12 + i, tempo_bpm: 60_000 },
+        )),
+      );
+      w.bus.publish(
+        "backbeat.dev.status",
+        encoder.encode(i % 2 ? "{junk" : JSON.stringify({ type: "backbeat.statusclaim.v1" })),
+      );
+    }
+    await w.bus.flush();
+    const m = w.reverb.metrics();
+    assert.equal(m.framesRejected.malformed, 5_000);
+    assert.equal(m.framesRejected.schema, 5_000);
+    assert.equal(m.framesRejected.cluster, 5_000);
+    assert.equal(m.claimsRejected.malformed + m.claimsRejected.schema, 20_000);
+    assert.equal(m.reportsPublished, 0);
+    const rejectLines = log.lines.filter((l) => /rejected/.test(l.msg));
+    assert.ok(rejectLines.length <= 4, `${rejectLines.length} log lines`);
+    assert.ok(rejectLines.length >= 2, "the first of each kind is logged at once");
+  } finally {
+    await w.close();
+  }
 });

@@ -1,7 +1,13 @@
 // Helpers for reverb's tests: claims, HLC stamps and signed messages built by hand so each test
 // controls exactly what reaches reverb.
 
-import { type BusMessage, formatHlc, signPayload, type StatusClaim } from "../core/mod.ts";
+import {
+  type BusMessage,
+  formatHlc,
+  signedBytes,
+  signPayload,
+  type StatusClaim,
+} from "../core/mod.ts";
 
 const encoder = new TextEncoder();
 
@@ -30,15 +36,39 @@ export function claimMessage(claim: unknown, subject = "backbeat.test.status"): 
   return { subject, data: encoder.encode(JSON.stringify(claim)) };
 }
 
-/** A signed bus message: the exact payload bytes are signed, as the SDK client does. */
+/** The cluster of a `backbeat.<cluster>.status` subject. */
+export function clusterOf(subject: string): string {
+  const parts = subject.split(".");
+  if (parts.length !== 3 || parts[0] !== "backbeat") {
+    throw new TypeError(`Not a cluster subject: ${subject}`);
+  }
+  return parts[1];
+}
+
+/** How {@linkcode signedMessage} signs. */
+export interface SignOptions {
+  /** The cluster the signature is bound to. @default {the subject's cluster} */
+  clusterId?: string;
+  /** Sign the payload alone, as the 0.1 SDK did. @default {false} */
+  legacy?: boolean;
+}
+
+/**
+ * A signed bus message: `signedBytes("backbeat.statusclaim.v1", cluster, payload)` signed, as
+ * the SDK signs with `signMessage`, or the payload alone in the legacy form.
+ */
 export async function signedMessage(
   claim: unknown,
   privateKey: CryptoKey,
   keyId: string | undefined,
   subject = "backbeat.test.status",
+  options: SignOptions = {},
 ): Promise<BusMessage> {
   const data = encoder.encode(JSON.stringify(claim));
-  const headers: Record<string, string> = { "x-signature": await signPayload(privateKey, data) };
+  const bytes = options.legacy
+    ? data
+    : signedBytes("backbeat.statusclaim.v1", options.clusterId ?? clusterOf(subject), data);
+  const headers: Record<string, string> = { "x-signature": await signPayload(privateKey, bytes) };
   if (keyId !== undefined) headers["x-key-id"] = keyId;
   return { subject, data, headers };
 }

@@ -118,7 +118,10 @@ function renderStatus() {
   $("agents-tracked").textContent = fmtInt(c.agents_tracked);
   $("claims-rate").textContent = fmtInt(c.accepted_per_second);
   $("accepted").textContent = fmtInt(c.accepted);
-  const rejected = Object.values(c.rejected).reduce((a, b) => a + b, 0);
+  // Late claims were accepted (after their window closed): listed below, not counted as refused.
+  const rejected = Object.entries(c.rejected)
+    .filter(([reason]) => reason !== "late")
+    .reduce((a, [, n]) => a + n, 0);
   $("rejected").textContent = fmtInt(rejected);
   $("queue").textContent = `${fmtInt(c.in_flight)} / ${fmtInt(c.queued)}`;
   $("reverb-id").textContent = `${s.reverb_id} · grace ${s.grace_ms} ms · signatures ${
