@@ -8,8 +8,13 @@ export interface Hlc {
   readonly logical: number;
 }
 
-/** Default for {@linkcode HlcOptions.maxOffsetMs}: one minute. */
-export const DEFAULT_HLC_MAX_OFFSET_MS = 60_000;
+/**
+ * Default for {@linkcode HlcOptions.maxOffsetMs}: ten seconds. The one limit on how far ahead a
+ * clock may run for the whole system: an HLC does not follow a remote clock further ahead, and
+ * reverb refuses claims stamped further ahead as `future` (so a client cannot push an agent's
+ * replay mark into the future and lock its honest claims out).
+ */
+export const DEFAULT_HLC_MAX_OFFSET_MS = 10_000;
 
 /** Options of {@linkcode HybridLogicalClock}. */
 export interface HlcOptions {

@@ -13,6 +13,7 @@
 import {
   type BusMessage,
   type Clock,
+  DEFAULT_HLC_MAX_OFFSET_MS,
   type Hlc,
   hlcPhysicalDiff,
   isKeyValidAt,
@@ -82,7 +83,7 @@ export const MAX_CLAIM_AGE_LIMIT_MS = 7 * 24 * 3_600_000;
  * poorly synchronised one, and a claim beyond it (a broken clock, or a forgery meant to raise the
  * replay mark and lock the agent out) is refused without touching the mark.
  */
-export const DEFAULT_MAX_CLOCK_OFFSET_MS = 10_000;
+export const DEFAULT_MAX_CLOCK_OFFSET_MS: number = DEFAULT_HLC_MAX_OFFSET_MS;
 /** Default for {@linkcode ClaimIntakeOptions.maxTrackedAgents}. */
 export const DEFAULT_MAX_TRACKED_AGENTS = 100_000;
 
