@@ -1,10 +1,20 @@
-// Pulse benchmark: publish lateness and CPU at 600 and 6,000 BPM on a real nats-server, and
-// takeover time after SIGKILL and SIGTERM with three pulse processes at 120 BPM against the goal
-// of 2 beats (tests/pulse_nats_test.ts allows 3, for loaded CI machines).
+// Pulse benchmark: publish lateness and CPU at 600 and 6,000 BPM on a real nats-server (and at
+// 6,000 BPM with every frame signed), the cost of signing a frame, and takeover time after SIGKILL
+// and SIGTERM with three pulse processes at 120 BPM against the goal of 2 beats
+// (tests/pulse_nats_test.ts allows 3, for loaded CI machines).
 //
-//   deno run -A bench/pulse_bench.ts [--seconds 20] [--rounds 3]
+//   deno run -A bench/pulse_bench.ts [--seconds 20] [--rounds 3] [--signing-only]
+//
+// --signing-only: the signing cost and the 6,000 BPM rows, unsigned and signed; no takeovers.
 import { cpuUsage } from "node:process";
-import { SystemClock } from "../core/mod.ts";
+import {
+  generateSigningKeyPair,
+  importSigningKey,
+  type SigningKey,
+  signMessage,
+  SystemClock,
+  Timeline,
+} from "../core/mod.ts";
 import { connectNatsBus } from "../nats/mod.ts";
 import { Histogram, type HistogramSnapshot, quantile } from "../service/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
@@ -24,6 +34,7 @@ function flag(name: string, fallback: number): number {
 }
 const SECONDS = flag("seconds", 20);
 const ROUNDS = flag("rounds", 3);
+const SIGNING_ONLY = Deno.args.includes("--signing-only");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const us = (s: number) => (s * 1e6).toFixed(1);
 const PERIOD_MS = 500; // 120 BPM
@@ -80,13 +91,36 @@ async function baseline(tempoBpm: number): Promise<LatenessRow> {
   );
 }
 
-async function lateness(url: string, tempoBpm: number, spinMs: number): Promise<LatenessRow> {
+// Signing one frame as pulse does: signMessage over the exact payload, bound to cluster and epoch.
+async function signingCost(key: SigningKey): Promise<{ us: number; frames: number }> {
+  const tl = new Timeline({ originTime: Date.now(), tempoBpm: 6000, epoch: Date.now() });
+  const data = new TextEncoder().encode(
+    JSON.stringify(await tl.frame("benchsign", 1234, "0000:0000:0001")),
+  );
+  for (let i = 0; i < 500; i++) {
+    await signMessage(key, "backbeat.beatframe.v1", "benchsign", data, 7);
+  }
+  const frames = 20_000;
+  const t0 = performance.now();
+  for (let i = 0; i < frames; i++) {
+    await signMessage(key, "backbeat.beatframe.v1", "benchsign", data, 7);
+  }
+  return { us: (performance.now() - t0) * 1000 / frames, frames };
+}
+
+async function lateness(
+  url: string,
+  tempoBpm: number,
+  spinMs: number,
+  signingKey?: SigningKey,
+): Promise<LatenessRow> {
   const bus = await connectNatsBus({ servers: url });
   const pulse = new Pulse({
-    clusterId: `bench${tempoBpm}s${String(spinMs).replace(".", "_")}`,
+    clusterId: `bench${tempoBpm}s${String(spinMs).replace(".", "_")}${signingKey ? "signed" : ""}`,
     bus,
     tempoBpm,
     clock: new SystemClock({ spinMs }),
+    signingKey,
   });
   await pulse.start();
   const wall0 = performance.now();
@@ -98,7 +132,7 @@ async function lateness(url: string, tempoBpm: number, spinMs: number): Promise<
   await pulse.stop();
   await bus.close();
   return row(
-    `pulse, ${tempoBpm} BPM, spin ${spinMs} ms`,
+    `pulse, ${tempoBpm} BPM, spin ${spinMs} ms${signingKey ? ", signed" : ""}`,
     m.lateness,
     (cpu.user + cpu.system) / 1000 / wall,
   );
@@ -166,10 +200,20 @@ try {
   const version = new TextDecoder().decode(
     (await new Deno.Command("nats-server", { args: ["--version"] }).output()).stdout,
   ).trim();
-  console.error(`pulse bench: ${SECONDS} s per tempo, ${ROUNDS} takeover rounds`);
+  console.error(
+    `pulse bench: ${SECONDS} s per tempo${
+      SIGNING_ONLY ? ", signing only" : `, ${ROUNDS} takeover rounds`
+    }`,
+  );
+  const key = await importSigningKey((await generateSigningKeyPair()).keyPair.privateKey);
+  const sign = await signingCost(key);
+  console.error(`signing: ${sign.us.toFixed(1)} µs per frame (${sign.frames} frames)`);
   const rows: LatenessRow[] = [];
-  for (const [tempo, spin] of [[600, 1.5], [6000, 1.5], [600, 0]]) {
-    const r = await lateness(server.url, tempo, spin);
+  const runs: [number, number, SigningKey | undefined][] = SIGNING_ONLY
+    ? [[6000, 1.5, undefined], [6000, 1.5, key]]
+    : [[600, 1.5, undefined], [6000, 1.5, undefined], [6000, 1.5, key], [600, 0, undefined]];
+  for (const [tempo, spin, signing] of runs) {
+    const r = await lateness(server.url, tempo, spin, signing);
     console.error(
       `${r.label}: ${r.beats} beats, p50 ${us(r.p50)} µs, p99 ${us(r.p99)} µs, max ${
         us(r.max)
@@ -179,7 +223,7 @@ try {
   }
   rows.push(await baseline(6000));
   console.error(`${rows.at(-1)!.label}: p99 ${us(rows.at(-1)!.p99)} µs`);
-  const ho = await takeovers(server.url);
+  const ho = SIGNING_ONLY ? [] : await takeovers(server.url);
   const stats = (kind: string) => {
     const t = ho.filter((r) => r.kind === kind);
     const ms = t.map((r) => r.takeoverMs);
@@ -202,10 +246,16 @@ try {
         } % | ${(100 * r.cpu).toFixed(1)} % |`
       ),
       "",
-      `| Handover at 120 BPM | Rounds | Takeover min / mean / max (ms) | Worst beat delay (ms) | Within 2 beats (${GOAL_MS} ms) |`,
-      "|---|---|---|---|---|",
-      stats("SIGKILL"),
-      stats("SIGTERM"),
+      `Signing a frame (signMessage, Ed25519 over ~300 bytes): ${
+        sign.us.toFixed(1)
+      } µs per frame, ${sign.frames} frames; done before the beat is due.`,
+      ...(SIGNING_ONLY ? [] : [
+        "",
+        `| Handover at 120 BPM | Rounds | Takeover min / mean / max (ms) | Worst beat delay (ms) | Within 2 beats (${GOAL_MS} ms) |`,
+        "|---|---|---|---|---|",
+        stats("SIGKILL"),
+        stats("SIGTERM"),
+      ]),
     ].join("\n"),
   );
 } finally {

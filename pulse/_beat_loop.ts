@@ -1,5 +1,6 @@
 // The leader's beat loop: arms a timer for each beat of the timeline, prepares the frame ahead
-// (window ids derived bars in advance), and publishes it at its due time, never before.
+// (window ids derived bars in advance, the signature made before the beat is due), and publishes
+// it at its due time, never before.
 import {
   type BeatFrame,
   type Bus,
@@ -8,6 +9,10 @@ import {
   type HybridLogicalClock,
   knownWindowId,
   type Logger,
+  SignatureDomain,
+  type SignatureHeaders,
+  type SigningKey,
+  signMessage,
   SystemClock,
   type Timeline,
   WINDOW_CACHE_SIZE,
@@ -29,23 +34,48 @@ const PREP_LEAD_MS = 0.3;
 const QUIET_GUARD_MS = 4;
 // A frame whose preparation failed is tried again this soon rather than stalling the beat.
 const RETRY_MS = 5;
+// With a signing key, the frame is stamped and signed this long before it is due (or at once when
+// prepared later): signing takes ~60 µs of the event loop, which must not fall between the timer
+// and the publish, and the frame's HLC is then at most this much older than its send.
+const SIGN_LEAD_MS = 10;
 const PLACEHOLDER_HLC = "0000:0000:0000";
 const HLC_FIELD = `"hlc":"${PLACEHOLDER_HLC}"`;
 const encoder = new TextEncoder();
+
+interface Signed {
+  readonly data: Uint8Array;
+  readonly hlc: string;
+  readonly headers: SignatureHeaders;
+}
 
 interface Prepared {
   beat: number;
   timeline: Timeline;
   frame: BeatFrame;
+  due: number;
   // The frame's JSON around its HLC value: only the stamp is left to do at the due time.
   head: string;
   tail: string;
+  // With a signing key: the stamped payload and its signature, made before the due time.
+  signed: Signed | undefined;
+  signing: Promise<void> | undefined;
+  cancelSign: (() => void) | undefined;
 }
 
 function prepared(beat: number, timeline: Timeline, frame: BeatFrame): Prepared {
   const json = JSON.stringify(frame);
   const at = json.indexOf(HLC_FIELD) + 7;
-  return { beat, timeline, frame, head: json.slice(0, at), tail: json.slice(at + 14) };
+  return {
+    beat,
+    timeline,
+    frame,
+    due: timeline.dueAt(beat),
+    head: json.slice(0, at),
+    tail: json.slice(at + 14),
+    signed: undefined,
+    signing: undefined,
+    cancelSign: undefined,
+  };
 }
 
 /** What the beat loop needs from the pulse that runs it. */
@@ -78,6 +108,8 @@ export interface BeatLoopOptions {
   readonly onError: (message: string, error: unknown) => void;
   /** Keeps background work visible to `settled()`. */
   readonly track: <T>(work: Promise<T>) => Promise<T>;
+  /** Signs every frame when set (`x-signature`, `x-key-id`). @default {undefined} */
+  readonly signingKey?: SigningKey;
 }
 
 /**
@@ -125,6 +157,7 @@ export class BeatLoop {
   #catchUp = 0;
   #skipped = 0;
   #publishErrors = 0;
+  #signFailures = 0;
 
   /**
    * Creates a loop that is not running.
@@ -188,6 +221,19 @@ export class BeatLoop {
   }
 
   /**
+   * Resolves on a later turn of the event loop, never within the 4 ms before a beat of a running
+   * tenure (for bounded background checks); at once on a simulated clock.
+   *
+   * @returns Resolves when the caller may do a little synchronous work.
+   */
+  pause(): Promise<void> {
+    if (!(this.#clock instanceof SystemClock)) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.quietClock.schedule(this.#clock.now(), resolve);
+    });
+  }
+
+  /**
    * Publish instant minus due time, in seconds, of on-schedule frames.
    *
    * @returns A snapshot of the histogram.
@@ -205,7 +251,7 @@ export class BeatLoop {
    * @returns Resolves once the id is known.
    */
   async prefetch(timeline: Timeline, next: number): Promise<void> {
-    await this.#window(timeline.barStart(next));
+    await this.#window(timeline, timeline.barStart(next));
   }
 
   /**
@@ -236,7 +282,7 @@ export class BeatLoop {
     this.#tokenText = "0";
     this.#cancelBeat?.();
     this.#cancelBeat = undefined;
-    this.#prepared = undefined;
+    this.#dropPrepared();
     this.#nextDue = -Infinity;
     this.#runAfterBeat();
   }
@@ -317,10 +363,34 @@ export class BeatLoop {
       this.#o.track(this.#buildFrame(n).finally(again));
       return;
     }
+    const key = this.#o.signingKey;
+    if (key !== undefined && p.signed === undefined) {
+      // Not signed yet (a catch-up beat, or a timer late under load): never publish it unsigned.
+      const epoch = this.#epoch;
+      const again = () => {
+        if (epoch !== this.#epoch || this.#next !== n || !this.#running) return;
+        if (this.#prepared === p && p.signed !== undefined) this.#fire(n, due);
+        else {
+          this.#cancelBeat = this.#clock.schedule(
+            this.#clock.now() + RETRY_MS,
+            () => this.#fire(n, due),
+          );
+        }
+      };
+      this.#o.track(this.#sign(p).finally(again));
+      return;
+    }
     this.#prepared = undefined;
     const frame = p.frame;
-    frame.hlc = this.#o.hlc.now();
-    const data = encoder.encode(p.head + frame.hlc + p.tail);
+    let data: Uint8Array;
+    const signed = p.signed;
+    if (signed !== undefined) {
+      frame.hlc = signed.hlc;
+      data = signed.data;
+    } else {
+      frame.hlc = this.#o.hlc.now();
+      data = encoder.encode(p.head + frame.hlc + p.tail);
+    }
     const headers: Record<string, string> = {
       "x-window-id": frame.window_id,
       "x-hlc": frame.hlc,
@@ -328,6 +398,10 @@ export class BeatLoop {
       "x-fencing-token": this.#tokenText,
       "x-pulse-sent": "",
     };
+    if (signed !== undefined) {
+      headers["x-signature"] = signed.headers["x-signature"];
+      headers["x-key-id"] = signed.headers["x-key-id"];
+    }
     // Never before the due time.
     let sent = this.#clock.now();
     while (sent < due) sent = this.#clock.now();
@@ -357,21 +431,21 @@ export class BeatLoop {
   #prepareFrame(n: number): void {
     const p = this.#prepared;
     if (p && p.beat === n && p.timeline === this.#timeline) return;
-    this.#prepared = undefined;
+    this.#dropPrepared();
     const tl = this.#timeline;
     const bar = tl.barStart(n);
-    const w = knownWindowId(this.#o.clusterId, Math.max(0, bar));
+    const w = knownWindowId(this.#o.clusterId, Math.max(0, bar), tl.epoch);
     if (w === undefined) {
       this.#o.track(this.#buildFrame(n));
       return;
     }
     // The usual case, once per beat: the frame is ready before this returns.
     try {
-      this.#prepared = prepared(
+      this.#setPrepared(prepared(
         n,
         tl,
         tl.frameWithWindow(this.#o.clusterId, n, PLACEHOLDER_HLC, w),
-      );
+      ));
     } catch (error) {
       this.#o.onError(`Cannot prepare beat ${n}`, error);
       return;
@@ -382,19 +456,69 @@ export class BeatLoop {
   async #buildFrame(n: number): Promise<void> {
     const tl = this.#timeline;
     const bar = tl.barStart(n);
-    const w = await this.#window(bar);
+    const w = await this.#window(tl, bar);
     const frame = tl.frameWithWindow(this.#o.clusterId, n, PLACEHOLDER_HLC, w);
     if (this.#timeline === tl && this.#next === n && this.#running) {
-      this.#prepared = prepared(n, tl, frame);
+      this.#setPrepared(prepared(n, tl, frame));
     }
     this.#requestWindows(bar);
   }
 
+  // Keeps a prepared frame and, with a signing key, arranges its signature before it is due.
+  #setPrepared(p: Prepared): void {
+    this.#dropPrepared();
+    this.#prepared = p;
+    if (this.#o.signingKey === undefined) return;
+    const at = p.due - SIGN_LEAD_MS;
+    if (at <= this.#clock.now()) {
+      this.#o.track(this.#sign(p));
+      return;
+    }
+    p.cancelSign = this.idleClock.schedule(at, () => {
+      p.cancelSign = undefined;
+      if (this.#prepared === p) this.#o.track(this.#sign(p));
+    });
+  }
+
+  #dropPrepared(): void {
+    this.#prepared?.cancelSign?.();
+    this.#prepared = undefined;
+  }
+
+  // Stamps the frame's HLC, encodes it and signs the exact bytes (bound to cluster and epoch).
+  // Resolves when done; a failure is reported and leaves the frame unsigned, to be tried again.
+  #sign(p: Prepared): Promise<void> {
+    if (p.signed !== undefined) return Promise.resolve();
+    if (p.signing !== undefined) return p.signing;
+    p.cancelSign?.();
+    p.cancelSign = undefined;
+    const hlc = this.#o.hlc.now();
+    const data = encoder.encode(p.head + hlc + p.tail);
+    const signing = signMessage(
+      this.#o.signingKey!,
+      SignatureDomain.BeatFrame,
+      this.#o.clusterId,
+      data,
+      p.timeline.epoch,
+    ).then((headers) => {
+      p.signed = { data, hlc, headers };
+    }, (error) => {
+      // Reported once, then every 1000th: a key that cannot sign would otherwise flood the log.
+      if (this.#signFailures++ % 1000 === 0) {
+        this.#o.onError(`Cannot sign beat ${p.beat}`, error);
+      }
+    }).finally(() => {
+      p.signing = undefined;
+    });
+    p.signing = signing;
+    return signing;
+  }
+
   // The window id of a bar from the process-wide cache; a digest still to do is tracked.
-  #window(bar: number): string | Promise<string> {
+  #window(tl: Timeline, bar: number): string | Promise<string> {
     const index = Math.max(0, bar);
-    return knownWindowId(this.#o.clusterId, index) ??
-      this.#o.track(cachedWindowId(this.#o.clusterId, index));
+    return knownWindowId(this.#o.clusterId, index, tl.epoch) ??
+      this.#o.track(cachedWindowId(this.#o.clusterId, index, tl.epoch));
   }
 
   // Derives window ids of the bars ahead; the cache bounds what is kept.
@@ -406,7 +530,7 @@ export class BeatLoop {
     let b = Math.max(bar, this.#windowsTo + 1);
     if (tl.barStart(b) !== b) b = tl.barStart(b) + bpb;
     for (; b <= until; b += bpb) {
-      const w = this.#window(b);
+      const w = this.#window(tl, b);
       if (typeof w !== "string") w.catch(() => {});
     }
     this.#windowsTo = until;

@@ -7,6 +7,8 @@ import {
   type Logger,
   parsePhases,
   type Phase,
+  readSigningKeyFile,
+  type SigningKey,
 } from "../core/mod.ts";
 import { connectNatsBus } from "../nats/mod.ts";
 import {
@@ -14,6 +16,7 @@ import {
   type FlagSpec,
   type HostPort,
   JsonLogger,
+  KeyringWatcher,
   type LogLevel,
   parseFlags,
   parseHostPort,
@@ -35,6 +38,10 @@ const FLAGS: readonly FlagSpec[] = [
   { name: "id", env: "BACKBEAT_PULSE_ID" },
   { name: "http", env: "BACKBEAT_PULSE_HTTP" },
   { name: "admin-token", env: "BACKBEAT_ADMIN_TOKEN" },
+  { name: "admin-keyring", env: "BACKBEAT_ADMIN_KEYRING" },
+  { name: "control", env: "BACKBEAT_CONTROL" },
+  { name: "signing-key", env: "BACKBEAT_SIGNING_KEY" },
+  { name: "pulse-keyring", env: "BACKBEAT_PULSE_KEYRING" },
   { name: "log-level", env: "BACKBEAT_LOG_LEVEL" },
   { name: "help", type: "boolean", short: "h" },
 ];
@@ -57,11 +64,24 @@ Flags (environment variable in brackets):
   --id ID               pulse id, unique in the cluster [BACKBEAT_PULSE_ID] (default random)
   --http HOST:PORT      HTTP listen address, port 0 = any [BACKBEAT_PULSE_HTTP]
                         (default ${DEFAULT_PULSE_HTTP_HOSTNAME}:${DEFAULT_PULSE_HTTP_PORT})
-  --admin-token TOKEN   bearer token required by POST /tempo [BACKBEAT_ADMIN_TOKEN]
+  --admin-token TOKEN   bearer token required by POST /tempo; control messages must prove it
+                        with x-auth-hmac [BACKBEAT_ADMIN_TOKEN]
+  --admin-keyring FILE  operator keys: control messages signed by one of them are accepted
+                        [BACKBEAT_ADMIN_KEYRING]
+  --control on|off      subscribe to backbeat.<cluster>.control [BACKBEAT_CONTROL] (default on;
+                        without --admin-token or --admin-keyring anyone on the bus may use it)
+  --signing-key FILE    Ed25519 private JWK (with kid): sign every frame [BACKBEAT_SIGNING_KEY]
+  --pulse-keyring FILE  trusted pulse keys: refuse unsigned or badly signed frames of other
+                        pulses [BACKBEAT_PULSE_KEYRING]
   --log-level LEVEL     debug, info, warn or error [BACKBEAT_LOG_LEVEL] (default info)
   -h, --help            show this help
 
+Keyring files ({"<owner>": [{"key_id", "public_key", "not_before"?, "not_after"?}]}) are
+reloaded on change and on SIGHUP. Keep the signing key file readable by pulse only.
 HTTP: GET /healthz, GET /readyz, GET /metrics, POST /tempo {"tempo_bpm": n}.
+Control (backbeat.<cluster>.control): {"tempo_bpm": n, "issued_at": "<RFC 3339>"}; with
+--admin-token or --admin-keyring it needs x-auth-hmac or x-signature/x-key-id over
+"backbeat.control.v1\\n<cluster>\\n0\\n<payload>", issued_at within 30 s and newer than the last.
 Logs: one JSON object per line on stderr. SIGINT/SIGTERM: hand over and exit 0.
 `;
 
@@ -81,8 +101,16 @@ export interface PulseConfig {
   readonly id?: string;
   /** HTTP listen address. */
   readonly http: HostPort;
-  /** Admin token for `POST /tempo`, if any. */
+  /** Admin token for `POST /tempo` and control messages, if any. */
   readonly adminToken?: string;
+  /** Operator keyring file for signed control messages, if any. */
+  readonly adminKeyringFile?: string;
+  /** Whether to subscribe to the control subject. */
+  readonly control: boolean;
+  /** Private key file to sign frames with, if any. */
+  readonly signingKeyFile?: string;
+  /** Trusted pulse keyring file, if any. */
+  readonly pulseKeyringFile?: string;
   /** Log level. */
   readonly logLevel: LogLevel;
 }
@@ -166,6 +194,19 @@ export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): Puls
       `Invalid ${sources["admin-token"]}: expected 1 to 1024 non-space characters`,
     );
   }
+  const controlText = str("control");
+  if (controlText !== undefined && !/^(on|off)$/i.test(controlText)) {
+    throw new TypeError(
+      `Invalid ${sources.control} ${JSON.stringify(controlText)}: expected on or off`,
+    );
+  }
+  const file = (name: string): string | undefined => {
+    const v = str(name);
+    if (v !== undefined && v.trim() === "") {
+      throw new TypeError(`Invalid ${sources[name]}: expected a file path`);
+    }
+    return v;
+  };
   const levelText = str("log-level");
   const logLevel = levelText === undefined ? "info" : parseLogLevel(levelText);
   return {
@@ -180,6 +221,10 @@ export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): Puls
       id,
       http,
       adminToken,
+      adminKeyringFile: file("admin-keyring"),
+      control: controlText === undefined || controlText.toLowerCase() === "on",
+      signingKeyFile: file("signing-key"),
+      pulseKeyringFile: file("pulse-keyring"),
       logLevel,
     },
   };
@@ -193,9 +238,22 @@ export interface RunPulseOptions {
   logger?: Logger;
 }
 
+// Starts watching a keyring file; reloads and failures are logged (a bad file keeps the old keys).
+async function watchKeyring(path: string, what: string, logger: Logger): Promise<KeyringWatcher> {
+  const watcher = new KeyringWatcher(path);
+  watcher.addEventListener("reload", (e) => {
+    logger.info(`${what} reloaded`, { path, keys: e.detail.keys });
+  });
+  watcher.addEventListener("error", (e) => {
+    logger.warn(`${what} reload failed`, { path, error: e.message });
+  });
+  await watcher.start();
+  return watcher;
+}
+
 /**
- * Runs a pulse process: connects the bus, starts the pulse and its HTTP server, and on abort
- * hands over (releasing the lease), shuts down and closes everything.
+ * Runs a pulse process: loads its keys, connects the bus, starts the pulse and its HTTP server,
+ * and on abort hands over (releasing the lease), shuts down and closes everything.
  *
  * @param config The configuration (from {@linkcode parsePulseArgs}).
  * @param options The stop signal and logger.
@@ -213,6 +271,28 @@ export interface RunPulseOptions {
 export async function runPulse(config: PulseConfig, options: RunPulseOptions): Promise<number> {
   const logger = options.logger ??
     new JsonLogger({ level: config.logLevel, fields: { service: "pulse" } });
+  let signingKey: SigningKey | undefined;
+  const watchers: KeyringWatcher[] = [];
+  let pulseKeyring: KeyringWatcher | undefined;
+  let adminKeyring: KeyringWatcher | undefined;
+  try {
+    // The messages name the file and the kind of failure, never a key's content.
+    if (config.signingKeyFile !== undefined) {
+      signingKey = await readSigningKeyFile(config.signingKeyFile);
+    }
+    if (config.pulseKeyringFile !== undefined) {
+      pulseKeyring = await watchKeyring(config.pulseKeyringFile, "pulse keyring", logger);
+      watchers.push(pulseKeyring);
+    }
+    if (config.adminKeyringFile !== undefined) {
+      adminKeyring = await watchKeyring(config.adminKeyringFile, "admin keyring", logger);
+      watchers.push(adminKeyring);
+    }
+  } catch (error) {
+    logger.error("cannot load keys", { error });
+    await Promise.all(watchers.map((w) => w.stop()));
+    return 1;
+  }
   let bus: Bus;
   try {
     bus = config.natsServers.length > 0
@@ -223,6 +303,7 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
       : new InMemoryBus();
   } catch (error) {
     logger.error("cannot connect to NATS", { error, servers: config.natsServers });
+    await Promise.all(watchers.map((w) => w.stop()));
     return 1;
   }
   const pulse = new Pulse({
@@ -233,6 +314,11 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
     phases: config.phases,
     id: config.id,
     logger,
+    signingKey,
+    pulseKeyring,
+    adminToken: config.adminToken,
+    adminKeyring,
+    control: config.control,
   });
   pulse.addEventListener("tempo", (e) => {
     logger.info("tempo", { tempo_bpm: e.detail.tempoBpm, effective_beat: e.detail.effectiveBeat });
@@ -245,6 +331,7 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
     logger.error("cannot start", { error });
     await pulse.stop();
     await bus.close();
+    await Promise.all(watchers.map((w) => w.stop()));
     return 1;
   }
   logger.info("pulse running", {
@@ -253,6 +340,14 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
     role: pulse.role,
     transport: config.natsServers.length > 0 ? "nats" : "embedded",
     http: http.url,
+    signing_key_id: signingKey?.keyId,
+    verifies_frames: pulseKeyring !== undefined,
+    control: !config.control
+      ? "off"
+      : config.adminToken !== undefined || adminKeyring !== undefined
+      ? "authenticated"
+      : "open",
+    epoch: pulse.epoch,
   });
   if (!options.signal.aborted) {
     await new Promise<void>((resolve) => {
@@ -262,6 +357,7 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
   await pulse.stop();
   await http.stop();
   await bus.close();
+  await Promise.all(watchers.map((w) => w.stop()));
   logger.info("pulse stopped", { pulse_id: pulse.id });
   return 0;
 }

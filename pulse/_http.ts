@@ -1,6 +1,6 @@
 import { BackbeatError, type Logger, silentLogger } from "../core/mod.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../service/mod.ts";
-import { renderPulseMetrics } from "./_metrics.ts";
+import { HTTP_REJECT_REASONS, type HttpRejectReason, renderPulseMetrics } from "./_metrics.ts";
 import type { Pulse } from "./_pulse.ts";
 import { MAX_TEMPO_REQUEST_BYTES, readTempoRequest } from "./_tempo.ts";
 
@@ -90,7 +90,8 @@ async function readBody(req: Request, max: number): Promise<string | undefined> 
 
 /**
  * The fetch handler behind {@linkcode servePulseHttp} (its documentation lists the routes), for
- * tests and for serving it another way.
+ * tests and for serving it another way. It counts refused `POST /tempo` requests by reason for
+ * its `/metrics`.
  *
  * @param pulse The pulse to serve.
  * @param options Admin token, logger (the address is not used).
@@ -113,6 +114,15 @@ export function pulseHttpHandler(
 ): (req: Request) => Promise<Response> {
   const logger = options.logger ?? silentLogger;
   const token = options.adminToken;
+  // A fixed set of reasons: bounded whatever arrives.
+  const rejected = Object.fromEntries(HTTP_REJECT_REASONS.map((r) => [r, 0])) as Record<
+    HttpRejectReason,
+    number
+  >;
+  const refuse = (reason: HttpRejectReason, res: Response): Response => {
+    rejected[reason]++;
+    return res;
+  };
   return async (req) => {
     const path = new URL(req.url).pathname;
     const get = req.method === "GET" || req.method === "HEAD";
@@ -127,6 +137,8 @@ export function pulseHttpHandler(
           role: s.role,
           tempo_bpm: s.tempoBpm,
           last_beat_index: s.lastBeatIndex,
+          epoch: s.epoch,
+          control_rejected: s.controlRejected,
         });
       }
       if (path === "/readyz") {
@@ -136,7 +148,7 @@ export function pulseHttpHandler(
           last_beat_index: s.lastBeatIndex,
         });
       }
-      return new Response(renderPulseMetrics(pulse.metrics()), {
+      return new Response(renderPulseMetrics(pulse.metrics(), rejected), {
         headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
       });
     }
@@ -145,27 +157,37 @@ export function pulseHttpHandler(
       return json(404, { error: `No route for ${req.method} ${path}` });
     }
     if (req.method !== "POST") {
-      return json(405, { error: `${req.method} is not allowed on /tempo` }, { allow: "POST" });
+      await req.body?.cancel();
+      return refuse(
+        "method_not_allowed",
+        json(405, { error: `${req.method} is not allowed on /tempo` }, { allow: "POST" }),
+      );
     }
     if (token !== undefined) {
       const auth = req.headers.get("authorization") ?? "";
       const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
       if (!m || !sameToken(m[1], token)) {
         await req.body?.cancel();
-        return json(401, { error: "A valid bearer token is required" }, {
-          "www-authenticate": 'Bearer realm="backbeat-pulse"',
-        });
+        return refuse(
+          "unauthorized",
+          json(401, { error: "A valid bearer token is required" }, {
+            "www-authenticate": 'Bearer realm="backbeat-pulse"',
+          }),
+        );
       }
     }
     const text = await readBody(req, MAX_TEMPO_REQUEST_BYTES);
     if (text === undefined) {
-      return json(413, { error: `Request body exceeds ${MAX_TEMPO_REQUEST_BYTES} bytes` });
+      return refuse(
+        "too_large",
+        json(413, { error: `Request body exceeds ${MAX_TEMPO_REQUEST_BYTES} bytes` }),
+      );
     }
     let tempo: number;
     try {
       tempo = readTempoRequest(text);
     } catch (error) {
-      return json(400, { error: (error as Error).message });
+      return refuse("invalid", json(400, { error: (error as Error).message }));
     }
     try {
       const change = pulse.setTempo(tempo);
@@ -180,8 +202,10 @@ export function pulseHttpHandler(
         forwarded: change.forwarded,
       });
     } catch (error) {
-      if (error instanceof BackbeatError) return json(503, { error: error.message });
-      return json(400, { error: (error as Error).message });
+      if (error instanceof BackbeatError) {
+        return refuse("unavailable", json(503, { error: error.message }));
+      }
+      return refuse("invalid", json(400, { error: (error as Error).message }));
     }
   };
 }
@@ -191,7 +215,8 @@ export function pulseHttpHandler(
  * or following a live leader, else 503), `GET /metrics` (Prometheus text) and `POST /tempo`
  * (`{"tempo_bpm": n}` → 200 `{tempo_bpm, effective_beat, forwarded}`; 400 on a malformed or
  * out-of-range request; 401 without the admin token when one is set; 413 over 4096 bytes; 503
- * when not running).
+ * when not running, or when a follower cannot forward it). Refused tempo requests are counted in
+ * `/metrics` (`backbeat_pulse_http_rejected_total{reason}`).
  *
  * @param pulse The pulse to serve.
  * @param options Address, admin token, logger.

@@ -1,23 +1,41 @@
 // Leadership of a pulse on NATS: the KV lease, fencing, the takeover plan (which timeline to
-// continue, from which beat) and the stored state a successor continues from.
+// continue, from which beat, in which epoch) and the stored state a successor continues from.
 import {
   BackbeatError,
   type BusHeaders,
   type Clock,
   type FrameTracker,
   type Logger,
+  MAX_TIMELINE_SEGMENTS,
+  MIN_TEMPO_BPM,
   Timeline,
   type TimelineJson,
 } from "../core/mod.ts";
 import { kvBucketName, type KvLease, type NatsBusLike, openKvLease } from "../nats/mod.ts";
+import { MAX_PULSE_TEMPO_BPM } from "./_tempo.ts";
 
 /** KV key (in the pulse bucket) holding the cluster's timeline and last beat. */
 export const PULSE_STATE_KEY = "timeline";
 /** Default for `PulseOptions.stateWriteIntervalMs`. */
 export const STATE_WRITE_INTERVAL_MS = 1_000;
+/** Shortest time between two KV lease checks prompted by unverified frames, ms. */
+export const FENCING_CHECK_INTERVAL_MS = 1_000;
+/**
+ * Highest beat a tenure continues after (2^52; 1.4 million years of beats at 6,000 BPM). A frame
+ * or stored state beyond it is not a real timeline's, and continuing it would leave no safe
+ * integer to count on with.
+ */
+export const MAX_CONTINUED_BEAT = 2 ** 52;
+/**
+ * Beats a seen frame may stand ahead of the stored timeline's current beat and still count (two:
+ * for pulses whose clocks disagree a little).
+ */
+export const SEEN_AHEAD_BEATS = 2;
 
 // A new tenure schedules its first beat this far ahead, so even that one is published on time.
 const START_LEAD_MS = 10;
+// The lease's own key in the bucket (nats' DEFAULT_LEASE_KEY), read to ask who holds the lease.
+const LEASE_KEY = "leader";
 
 /** What the leader keeps in KV so a successor continues the same timeline. */
 export interface StoredState {
@@ -53,6 +71,11 @@ export interface TenureInput {
   readonly stored?: StoredState;
   /** The frames this pulse published or followed. */
   readonly tracker: FrameTracker;
+  /**
+   * Whether the tracker's latest frame is vouched for: verified, this pulse's own, or explained by
+   * an earlier frame (a single unexplained frame could be anyone's). @default {false}
+   */
+  readonly trackerConfirmed?: boolean;
   /** The timeline last led, or configured. */
   readonly current: Timeline;
   /** Lead `current` as it is when nothing was seen (it led before, or has a configured origin). */
@@ -65,67 +88,127 @@ export interface TenureInput {
   readonly logger: Logger;
 }
 
+// A stored timeline is network input: bounded, finite, in pulse's tempo range, before it is used.
+function readStoredTimeline(stored: StoredState, clusterId: string): Timeline {
+  if (stored.cluster_id !== clusterId) throw new TypeError("cluster id differs");
+  const segments = stored.timeline?.segments;
+  if (!Array.isArray(segments) || segments.length > MAX_TIMELINE_SEGMENTS) {
+    throw new RangeError(`expected 1 to ${MAX_TIMELINE_SEGMENTS} segments`);
+  }
+  for (const seg of segments) {
+    if (
+      !Number.isFinite(seg?.at) || !(seg.tempoBpm >= MIN_TEMPO_BPM) ||
+      !(seg.tempoBpm <= MAX_PULSE_TEMPO_BPM)
+    ) {
+      throw new RangeError("a segment has no finite time or a tempo out of range");
+    }
+  }
+  return Timeline.fromJSON(stored.timeline);
+}
+
+// An epoch above `floor`, as an integer: the creation instant, or floor + 1 when that is later
+// (a clock set back must not reuse an epoch).
+function newEpoch(now: number, floor: number): number {
+  const next = floor + 1;
+  return Math.max(Math.floor(now), Number.isSafeInteger(next) ? next : 0);
+}
+
+function withEpoch(tl: Timeline, epoch: number): Timeline {
+  return Timeline.fromJSON({ ...tl.toJSON(), epoch });
+}
+
 /**
- * Plans a tenure: continue the stored timeline after the last beat stored or seen; without one,
- * continue the frames seen from now (the tracker infers their timeline); with nothing seen, lead
- * the configured timeline, re-based to now on a first tenure without a configured origin.
+ * Plans a tenure. With a readable stored timeline: continue it (its epoch kept) after the last
+ * beat stored, due when this pulse began listening, or seen on the bus where the stored timeline
+ * explains it (at most two beats ahead of the beat due now, in its epoch); one forged frame
+ * cannot move the numbering. Without one: continue the frames seen, when the tracker vouches for
+ * them, from now; with nothing usable, lead the configured timeline (re-based to now on a first
+ * tenure without a configured origin). A timeline created here gets a new epoch: the creation
+ * instant, and always above the stored one.
  *
  * @param input The stored state, the frames seen, the timeline so far.
  * @returns The timeline and the first beat.
- * @throws {RangeError} When the continuation cannot be built (a beat index at the safe limit).
+ * @throws {RangeError} When the continuation cannot be built.
  *
  * @example Plan the first tenure of an embedded pulse
  * ```ts ignore
  * import { planTenure } from "./_leadership.ts";
  * const plan = await planTenure({ clusterId: "dev", tracker, current, keepCurrent: false,
  *   listeningSince: Infinity, clock, logger });
- * console.log(plan.next); // 0
+ * console.log(plan.next, plan.timeline.epoch > 0); // 0 true
  * ```
  */
 export async function planTenure(input: TenureInput): Promise<TenurePlan> {
   const { stored, tracker, current, clock } = input;
+  const now = clock.now();
   let tl: Timeline | undefined;
+  let floorEpoch = 0;
+  let last = -1;
   if (stored) {
+    // The epoch counts even when the rest is unusable: a new timeline must still get a greater one.
+    const e = (stored.timeline as { epoch?: unknown } | undefined)?.epoch;
+    if (typeof e === "number" && Number.isSafeInteger(e) && e >= 0) floorEpoch = e;
     try {
-      if (stored.cluster_id !== input.clusterId) throw new TypeError("cluster id differs");
-      tl = Timeline.fromJSON(stored.timeline);
+      tl = readStoredTimeline(stored, input.clusterId);
+      if (!(tl.beatAt(now) < MAX_CONTINUED_BEAT)) {
+        throw new RangeError("its current beat is beyond the safe range");
+      }
     } catch (error) {
+      tl = undefined;
       input.logger.warn("ignoring unreadable stored timeline", { error });
     }
+    const b = stored.last_beat;
+    if (Number.isSafeInteger(b) && b >= 0 && b < MAX_CONTINUED_BEAT) last = b;
   }
-  let last = Math.max(
-    tracker.last?.frame.beat_index ?? -1,
-    stored && Number.isSafeInteger(stored.last_beat) ? stored.last_beat : -1,
-  );
-  if (tl && Number.isFinite(input.listeningSince)) {
-    // Beats due before this pulse started listening may have been published unseen (the
-    // stored last beat lags by up to a second): presume they were, rather than repeat them.
-    last = Math.max(last, tl.beatAt(input.listeningSince));
-  }
-  if (!tl) {
-    if (last >= 0 && tracker.last) {
-      // Continue after the last beat, from now, with what the frames said. Without a downbeat
-      // seen, the window id locates the bar.
+  const seen = tracker.last;
+  const seenEpoch = seen?.frame.epoch ?? 0;
+  if (seen && input.trackerConfirmed && seenEpoch > floorEpoch) floorEpoch = seenEpoch;
+  if (tl) {
+    const due = tl.beatAt(now);
+    // The stored last beat is the leader's own word, but not past what its timeline allows.
+    if (last > due + SEEN_AHEAD_BEATS) last = Math.max(-1, due + SEEN_AHEAD_BEATS);
+    if (
+      seen && seenEpoch === tl.epoch && seen.frame.beat_index <= due + SEEN_AHEAD_BEATS &&
+      seen.frame.beat_index > last
+    ) {
+      last = seen.frame.beat_index;
+    }
+    if (Number.isFinite(input.listeningSince)) {
+      // Beats due before this pulse started listening may have been published unseen (the
+      // stored last beat lags by up to a second): presume they were, rather than repeat them.
+      last = Math.max(last, Math.min(tl.beatAt(input.listeningSince), due));
+    }
+  } else {
+    const usable = seen !== undefined && input.trackerConfirmed === true &&
+      seen.frame.beat_index < MAX_CONTINUED_BEAT;
+    if (usable && seen.frame.beat_index >= last) {
+      last = seen.frame.beat_index;
+      // Continue after the last beat, from now, with what the frames said (their epoch too).
+      // Without a downbeat seen, the window id locates the bar.
       if (tracker.barOrigin === undefined) await tracker.locateBar();
-      tl = tracker.timeline({ beat: last + 1, at: clock.now() + START_LEAD_MS })!;
+      tl = tracker.timeline({ beat: last + 1, at: now + START_LEAD_MS })!;
     } else if (last >= 0) {
-      // A stored last beat, no readable timeline and no frame: the configured bar and tempo.
+      // A stored last beat, no readable timeline and no usable frame: the configured bar and
+      // tempo, as a new timeline.
       tl = new Timeline({
-        originTime: clock.now() + START_LEAD_MS,
+        originTime: now + START_LEAD_MS,
         originBeat: last + 1,
         tempoBpm: current.tempoAt(last + 1),
         beatsPerBar: current.beatsPerBar,
         phases: current.phases,
         barOrigin: last + 1,
+        epoch: newEpoch(now, floorEpoch),
       });
     } else if (input.keepCurrent) {
-      tl = current;
+      // Led before (its epoch stays), or configured with an origin (a new timeline: an epoch).
+      tl = current.epoch > 0 ? current : withEpoch(current, newEpoch(now, floorEpoch));
     } else {
       tl = new Timeline({
-        originTime: clock.now() + START_LEAD_MS,
+        originTime: now + START_LEAD_MS,
         tempoBpm: current.tempoAt(0),
         beatsPerBar: current.beatsPerBar,
         phases: current.phases,
+        epoch: newEpoch(now, floorEpoch),
       });
     }
   }
@@ -176,6 +259,8 @@ export interface LeadershipOptions {
   readonly idleClock: Clock;
   /** The frames the pulse published or followed. */
   readonly tracker: FrameTracker;
+  /** Whether the tracker's latest frame is vouched for (see `TenureInput.trackerConfirmed`). */
+  readonly trackerConfirmed: () => boolean;
   /** Since when every frame published reaches the pulse. */
   readonly listeningSince: number;
   /** Lease TTL, ms. @default {the lease's default, 600} */
@@ -192,8 +277,10 @@ export interface LeadershipOptions {
 
 /**
  * One pulse's part in the cluster's election: competes for the KV lease, plans and starts a
- * tenure when it is acquired, ends it when the lease is lost or a frame shows a later tenure
- * (a higher fencing token), and keeps the timeline and last beat in KV while leading.
+ * tenure when it is acquired, ends it when the lease is lost, when a verified frame shows a later
+ * tenure (a higher fencing token), or when the lease itself names another holder after an
+ * unverified frame made it ask (at most once a second), and keeps the timeline and last beat in
+ * KV while leading. A frame's token alone never ends a tenure.
  *
  * @example Compete for the lease
  * ```ts ignore
@@ -207,6 +294,8 @@ export class Leadership {
   readonly #o: LeadershipOptions;
   readonly #host: LeadershipHost;
   readonly #lease: KvLease;
+  // Never started: reads the lease's key, which the lease itself keeps to itself.
+  readonly #probe: KvLease;
   /** The lease's bucket. */
   readonly bucket: string;
   // Voids an acquisition still in progress when a newer one, a demotion or the close comes.
@@ -218,17 +307,22 @@ export class Leadership {
   #stateWriting: Promise<void> | undefined;
   #stateWrittenBeat = -1;
   #stateDirty = false;
+  #lastCheck = -Infinity;
+  #checking = false;
+  #checks = 0;
 
   private constructor(
     options: LeadershipOptions,
     host: LeadershipHost,
     bucket: string,
     lease: KvLease,
+    probe: KvLease,
   ) {
     this.#o = options;
     this.#host = host;
     this.bucket = bucket;
     this.#lease = lease;
+    this.#probe = probe;
     lease.addEventListener("acquired", (e) => {
       const { token } = e.detail;
       const attempt = ++this.#attempt;
@@ -263,7 +357,26 @@ export class Leadership {
       checkIntervalMs: options.leaseCheckIntervalMs,
       clock: options.leaseClock,
     });
-    return new Leadership(options, host, bucket, lease);
+    let probe: KvLease;
+    try {
+      probe = await openKvLease({
+        bus: options.bus,
+        bucket,
+        key: "fencing-probe",
+        holderId: `${options.pulseId}~probe`,
+        ttlMs: options.leaseTtlMs,
+        clock: options.leaseClock,
+      });
+    } catch (error) {
+      await lease.release();
+      throw error;
+    }
+    return new Leadership(options, host, bucket, lease, probe);
+  }
+
+  /** Times the lease was asked because an unverified frame showed a higher token. */
+  get fencingChecks(): number {
+    return this.#checks;
   }
 
   /** The holder last seen in the lease key. */
@@ -293,18 +406,55 @@ export class Leadership {
   }
 
   /**
-   * Ends the tenure when a frame shows a later one: another pulse leads with a higher token.
+   * Acts on a frame that shows a higher fencing token than this tenure's. A verified frame (signed
+   * by a trusted pulse key) ends the tenure. An unverified one only makes the leader ask the KV
+   * lease, at most once a second, and the tenure ends only when the lease names another holder:
+   * anyone can write a header.
    *
    * @param headers The frame's headers.
    * @param token This pulse's token.
+   * @param verified Whether the frame's signature verified.
    */
-  checkFencing(headers: BusHeaders | undefined, token: number): void {
+  checkFencing(headers: BusHeaders | undefined, token: number, verified: boolean): void {
     const theirs = Number(headers?.["x-fencing-token"]);
     if (!Number.isSafeInteger(theirs) || theirs <= token) return;
-    this.#host.demote(
-      `superseded by ${headers?.["x-pulse-id"]} (fencing token ${theirs} > ${token})`,
-    );
-    this.#host.track(this.#lease.stepDown());
+    if (verified) {
+      this.#host.demote(
+        `superseded by ${headers?.["x-pulse-id"]} (verified fencing token ${theirs} > ${token})`,
+      );
+      this.#host.track(this.#lease.stepDown());
+      return;
+    }
+    const now = this.#o.idleClock.now();
+    if (this.#checking || now - this.#lastCheck < FENCING_CHECK_INTERVAL_MS) return;
+    this.#lastCheck = now;
+    this.#checking = true;
+    this.#checks++;
+    // Through the lease's clock: the KV round trip never lands just before a beat.
+    this.#o.leaseClock.schedule(now, () => {
+      this.#host.track(this.#askLease(token));
+    });
+  }
+
+  async #askLease(token: number): Promise<void> {
+    // The tenure may end meanwhile (checked before and after the read); then there is nothing to end.
+    const current = () => !this.#closed && this.#host.leading() && this.#lease.token === token;
+    try {
+      if (!current()) return;
+      const entry = await this.#probe.getJson<{ holder?: unknown }>(LEASE_KEY);
+      if (!current()) return;
+      const holder = entry?.value?.holder;
+      if (typeof holder === "string" && holder !== this.#o.pulseId) {
+        this.#host.demote(`the lease names ${JSON.stringify(holder.slice(0, 128))}`);
+        await this.#lease.stepDown();
+      } else {
+        this.#o.logger.debug("a frame showed a higher fencing token; the lease is still ours", {
+          token,
+        });
+      }
+    } finally {
+      this.#checking = false;
+    }
   }
 
   /** Voids an acquisition in progress and the state timer (the tenure ended). */
@@ -341,6 +491,7 @@ export class Leadership {
       await this.#writeState(true);
     }
     await this.#lease.release();
+    await this.#probe.release();
   }
 
   async #onAcquired(token: number, attempt: number): Promise<void> {
@@ -364,6 +515,7 @@ export class Leadership {
         clusterId: this.#o.clusterId,
         stored,
         tracker: this.#o.tracker,
+        trackerConfirmed: this.#o.trackerConfirmed(),
         current: this.#host.timeline(),
         keepCurrent: this.#host.keepTimeline(),
         listeningSince: this.#o.listeningSince,

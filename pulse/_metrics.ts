@@ -1,6 +1,50 @@
 import { logBuckets, PrometheusWriter } from "../service/mod.ts";
 import type { PulseMetrics } from "./_types.ts";
 
+/** Why a `POST /tempo` was refused: the `reason` label of `backbeat_pulse_http_rejected_total`. */
+export const HTTP_REJECT_REASONS = [
+  "unauthorized",
+  "invalid",
+  "too_large",
+  "method_not_allowed",
+  "unavailable",
+] as const;
+/** One of {@linkcode HTTP_REJECT_REASONS}. */
+export type HttpRejectReason = typeof HTTP_REJECT_REASONS[number];
+
+// Frame refusals always exposed (at 0 too), so dashboards see a stable set; others follow.
+const FRAME_REJECT_REASONS = [
+  "oversized",
+  "malformed",
+  "schema",
+  "cluster",
+  "tempo",
+  "unsigned",
+  "unknown_key",
+  "key_expired",
+  "bad_signature",
+  "implausible",
+  "old_epoch",
+  "unreadable",
+  "overload",
+];
+
+// One counter family with a sample per reason (the writer heads each sample on its own).
+function reasonFamily(
+  name: string,
+  help: string,
+  counts: Readonly<Record<string, number>>,
+  always: readonly string[],
+): string {
+  const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} counter`];
+  const reasons = [...always, ...Object.keys(counts).filter((r) => !always.includes(r)).sort()];
+  for (const r of reasons) {
+    const label = r.replace(/[^a-z0-9_]/gi, "_");
+    lines.push(`${name}{reason="${label}"} ${counts[r] ?? 0}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
 // The exposition shows 1, 2.5 and 5 per decade; the histogram itself keeps ten per decade.
 const EXPORTED_BOUNDS: readonly number[] = logBuckets(-6, 1).filter((b) => {
   const m = Number((b / 10 ** Math.floor(Math.log10(b) + 1e-9)).toPrecision(3));
@@ -11,6 +55,7 @@ const EXPORTED_BOUNDS: readonly number[] = logBuckets(-6, 1).filter((b) => {
  * Renders a pulse's metrics in the Prometheus text format (0.0.4).
  *
  * @param m A snapshot from {@linkcode Pulse.metrics}.
+ * @param httpRejected Refused `POST /tempo` requests by reason (the HTTP server's own count).
  * @returns The exposition text.
  *
  * @example Render metrics
@@ -22,8 +67,11 @@ const EXPORTED_BOUNDS: readonly number[] = logBuckets(-6, 1).filter((b) => {
  * await pulse.stop();
  * ```
  */
-export function renderPulseMetrics(m: PulseMetrics): string {
-  return new PrometheusWriter()
+export function renderPulseMetrics(
+  m: PulseMetrics,
+  httpRejected: Readonly<Record<string, number>> = {},
+): string {
+  const text = new PrometheusWriter()
     .counter(
       "backbeat_pulse_beats_published_total",
       "Beat frames published by this pulse.",
@@ -67,15 +115,39 @@ export function renderPulseMetrics(m: PulseMetrics): string {
       "Fencing token of the current tenure (0 when not leading).",
       m.fencingToken,
     )
-    .counter(
-      "backbeat_pulse_control_rejected_total",
-      "Control messages rejected as malformed or out of range.",
-      m.controlRejected,
+    .gauge(
+      "backbeat_pulse_timeline_epoch",
+      "Epoch of the timeline led or followed (0: a timeline without epochs).",
+      m.epoch,
     )
     .counter(
-      "backbeat_pulse_frames_rejected_total",
-      "Unreadable frames seen on the beat subject.",
-      m.framesRejected,
+      "backbeat_pulse_frames_verified_total",
+      "Frames of other pulses whose signature verified.",
+      m.framesVerified,
+    )
+    .counter(
+      "backbeat_pulse_fencing_checks_total",
+      "KV lease checks prompted by unverified frames with a higher fencing token.",
+      m.fencingChecks,
     )
     .toString();
+  return text +
+    reasonFamily(
+      "backbeat_pulse_control_rejected_total",
+      "Control messages refused, by reason.",
+      m.controlRejectedByReason,
+      Object.keys(m.controlRejectedByReason),
+    ) +
+    reasonFamily(
+      "backbeat_pulse_frames_rejected_total",
+      "Frames of other pulses refused, by reason.",
+      m.framesRejectedByReason,
+      FRAME_REJECT_REASONS,
+    ) +
+    reasonFamily(
+      "backbeat_pulse_http_rejected_total",
+      "POST /tempo requests refused, by reason.",
+      httpRejected,
+      HTTP_REJECT_REASONS,
+    );
 }

@@ -2,6 +2,7 @@ import {
   BackbeatError,
   type BeatFrame,
   type Bus,
+  type BusHeaders,
   type BusMessage,
   type BusSubscription,
   type Clock,
@@ -9,18 +10,36 @@ import {
   DEFAULT_BEATS_PER_BAR,
   DEFAULT_TEMPO_BPM,
   FrameTracker,
+  hmacKey,
   HybridLogicalClock,
   InMemoryBus,
   IsolatedEventTarget,
+  Keyring,
   type Logger,
+  parseInstant,
+  Rejections,
+  SignatureDomain,
+  type SigningKey,
   silentLogger,
   subjects,
   SystemClock,
   Timeline,
+  verifySigned,
 } from "../core/mod.ts";
 import type { NatsBusLike } from "../nats/mod.ts";
 import { decodeBeatFrame } from "../schemas/mod.ts";
 import { BeatLoop, MAX_WINDOW_LOOKAHEAD_BARS, PULSE_SPIN_MS } from "./_beat_loop.ts";
+import {
+  authenticateControl,
+  CONTROL_MAX_SKEW_MS,
+  CONTROL_REJECT_REASONS,
+  type ControlAuth,
+  controlMessage,
+  controlPayload,
+  hasControlProof,
+  keyringOf,
+  readControlMessage,
+} from "./_control.ts";
 import {
   Leadership,
   type LeadershipHost,
@@ -28,8 +47,15 @@ import {
   STATE_WRITE_INTERVAL_MS,
   type TenurePlan,
 } from "./_leadership.ts";
-import { assertPulseTempo, MAX_PULSE_TEMPO_BPM, readTempoRequest } from "./_tempo.ts";
+import {
+  assertPulseTempo,
+  MAX_PULSE_TEMPO_BPM,
+  MAX_TEMPO_REQUEST_BYTES,
+  readTempoRequest,
+} from "./_tempo.ts";
 import type {
+  ControlRejectReason,
+  KeyringSource,
   PulseEventMap,
   PulseMetrics,
   PulseOptions,
@@ -37,9 +63,45 @@ import type {
   PulseStatus,
   TempoChange,
 } from "./_types.ts";
+import { OrderedWork } from "./_work_queue.ts";
 
 const DEFAULT_WINDOW_LOOKAHEAD_BARS = 2;
-const encoder = new TextEncoder();
+// Checks (signatures, HMACs) waiting at most, per kind of message; beyond it a flood is dropped
+// and counted (control: rate_limited, frames: overload). A turn of the event loop runs at most
+// VERIFY_BATCH of them (~1 ms).
+const MAX_VERIFY_PENDING = 32;
+const VERIFY_BATCH = 8;
+// A signature says who made a frame, not when: a verified frame whose deadline is further than
+// this (plus a bar) from its arrival is a replay, and is taken as unverified.
+const FRESH_FRAME_MS = 60_000;
+// A verified frame deposes a leader only when it continues the beats (not behind by more).
+const FENCING_BEHIND_BEATS = 2;
+
+// The frame gate's sentences, as stable reasons for counting (reverb's names for the same).
+function gateReason(why: string): string {
+  if (why.startsWith("frame of cluster")) return "cluster";
+  if (why.startsWith("frame of ")) return "oversized";
+  if (why.startsWith("frame is not JSON")) return "malformed";
+  return "schema";
+}
+
+function isKeyringSource(value: unknown): value is KeyringSource {
+  return value instanceof Keyring ||
+    (typeof value === "object" && value !== null &&
+      (value as { current?: unknown }).current instanceof Keyring);
+}
+
+function assertSigningKey(key: SigningKey): void {
+  const k = key?.privateKey;
+  if (
+    !(k instanceof CryptoKey) || k.type !== "private" || k.algorithm.name !== "Ed25519" ||
+    typeof key.keyId !== "string" || key.keyId.length === 0
+  ) {
+    throw new TypeError(
+      "Invalid signingKey: expected an Ed25519 SigningKey (importSigningKey, readSigningKeyFile)",
+    );
+  }
+}
 
 function isNatsBus(bus: Bus): bus is NatsBusLike {
   const c = (bus as { connection?: unknown }).connection;
@@ -59,19 +121,28 @@ function pulseMightSend(frame: BeatFrame): boolean {
  * never published before its due time, and error never accumulates. Each frame is prepared
  * ahead of time (window ids are derived bars in advance), so nothing asynchronous sits between
  * the timer and the publish. Headers: `x-window-id`, `x-hlc`, `x-pulse-id`, `x-fencing-token`
- * and `x-pulse-sent` (epoch ms of the publish, µs resolution).
+ * and `x-pulse-sent` (epoch ms of the publish, µs resolution); with `signingKey`, also
+ * `x-signature` and `x-key-id` over `backbeat.beatframe.v1`, the cluster and the epoch, signed
+ * before the beat is due. A timeline the pulse creates gets an epoch (its creation instant, above
+ * any stored one), which frames carry and window ids derive from.
  *
  * On an in-memory (or any non-NATS) bus the pulse leads alone. On NATS, pulses of one cluster
  * elect a leader through a JetStream KV lease (bucket `backbeat_<cluster>_pulse`); the leader
  * stores the timeline there, followers track the beat subject, and a new leader continues the
- * same timeline after the last beat seen, publishing beats missed during the takeover at once
- * (at most one bar; beyond that the gap is skipped and counted). The leader checks its lease
- * (by a monotonic clock) right before every publish, so a paused and resumed leader stops at
- * once, and a leader that sees frames with a higher fencing token steps down.
+ * stored timeline after the last beat stored or seen where that timeline explains it (a forged
+ * frame cannot move the numbering), publishing beats missed during the takeover at once (at
+ * most one bar; beyond that the gap is skipped and counted). The leader checks its lease (by a
+ * monotonic clock) right before every publish, so a paused and resumed leader stops at once. A
+ * frame's fencing token alone never deposes it: a verified frame with a higher token does;
+ * an unverified one makes it ask the lease (at most once a second). With `pulseKeyring`,
+ * unsigned or badly signed frames are refused and counted.
  *
  * Tempo changes ({@linkcode Pulse.setTempo}, or `{"tempo_bpm": n}` on
  * `backbeat.<cluster>.control`) take effect at a downbeat, announced by `next_tempo_bpm` in the
- * frames of the bar before. A follower forwards `setTempo` to the leader on the control subject.
+ * frames of the bar before. With `adminToken` or `adminKeyring`, a control message must be
+ * authenticated (see `controlMessage()`), fresh and newer than the last; refusals are counted by
+ * reason, and checks in flight are bounded, so a flood costs little. A follower forwards
+ * `setTempo` to the leader on the control subject.
  *
  * Events: see {@linkcode PulseEventMap}.
  *
@@ -113,8 +184,19 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
   #background = new Set<Promise<unknown>>();
   #abortCleanup: (() => void) | undefined;
   #takeovers = 0;
-  #controlRejected = 0;
-  #framesRejected = 0;
+  readonly #frameRejections: Rejections;
+  readonly #controlRejections: Rejections;
+  readonly #frameWork: OrderedWork;
+  readonly #controlWork: OrderedWork;
+  readonly #pulseKeys: KeyringSource | undefined;
+  readonly #controlOn: boolean;
+  // Control messages must prove the admin token or an operator key (set up by start()).
+  readonly #controlSecured: boolean;
+  #controlAuth: ControlAuth | undefined;
+  #lastIssuedAt = -Infinity;
+  // Whether the tracker's latest frame is vouched for (verified, own, or explained by an earlier).
+  #trackedConfirmed = false;
+  #framesVerified = 0;
 
   /**
    * Creates a pulse; nothing runs until {@linkcode Pulse.start}.
@@ -157,6 +239,23 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
     if (options.originTime !== undefined && !Number.isFinite(options.originTime)) {
       throw new RangeError(`Invalid originTime ${options.originTime}: expected a finite number`);
     }
+    if (options.signingKey !== undefined) assertSigningKey(options.signingKey);
+    for (const name of ["pulseKeyring", "adminKeyring"] as const) {
+      if (options[name] !== undefined && !isKeyringSource(options[name])) {
+        throw new TypeError(`Invalid ${name}: expected a Keyring or a KeyringWatcher`);
+      }
+    }
+    const token = options.adminToken;
+    if (token !== undefined && !(typeof token === "string" && /^\S{1,1024}$/.test(token))) {
+      // Never the token itself in the message.
+      throw new TypeError("Invalid adminToken: expected 1 to 1024 non-space characters");
+    }
+    if (options.control !== undefined && typeof options.control !== "boolean") {
+      throw new TypeError(`Invalid control ${JSON.stringify(options.control)}: expected a boolean`);
+    }
+    this.#pulseKeys = options.pulseKeyring;
+    this.#controlOn = options.control ?? true;
+    this.#controlSecured = token !== undefined || options.adminKeyring !== undefined;
     const timeline = new Timeline({
       originTime: options.originTime ?? this.#clock.now(),
       tempoBpm: tempo,
@@ -183,13 +282,35 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
         return false;
       },
       onPublished: (frame, sent) => {
-        this.#tracker.observe(frame, sent);
+        this.#observe(frame, sent, true);
         this.dispatchEvent(new CustomEvent("beat", { detail: frame }));
       },
       onTimelineTrimmed: () => this.#leadership?.markDirty(),
       onError: (message, error) => this.#error(message, error),
       track: (work) => this.#track(work),
+      signingKey: options.signingKey,
     });
+    const idle = this.#loop.idleClock;
+    this.#frameRejections = new Rejections({
+      logger: this.#logger,
+      clock: idle,
+      message: "frames rejected",
+    });
+    this.#controlRejections = new Rejections({
+      logger: this.#logger,
+      clock: idle,
+      message: "control messages rejected",
+    });
+    const work = () =>
+      new OrderedWork({
+        limit: MAX_VERIFY_PENDING,
+        batch: VERIFY_BATCH,
+        pause: () => this.#loop.pause(),
+        track: (w) => this.#track(w),
+        onError: (error) => this.#error("A message check failed", error),
+      });
+    this.#frameWork = work();
+    this.#controlWork = work();
   }
 
   /** The schedule this pulse leads, or last loaded or configured. */
@@ -215,6 +336,13 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
   /** Fencing token of the current tenure (KV revision), 0 when not leading or embedded. */
   get fencingToken(): number {
     return this.#role === "leader" ? this.#loop.token : 0;
+  }
+
+  /** Epoch of the timeline led, or followed (0: a timeline without epochs). */
+  get epoch(): number {
+    const last = this.#tracker.last;
+    if (this.#role !== "leader" && last) return last.frame.epoch ?? 0;
+    return this.#loop.timeline.epoch;
   }
 
   /** Leader, or a follower that saw a beat within three beats (at least 2 s). */
@@ -336,13 +464,41 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
     }
     const last = this.#tracker.last;
     if (this.#role === "follower" && last) {
+      if (!this.#controlOn) {
+        throw new BackbeatError(
+          "closed",
+          "Cannot forward the tempo change: the control subject is off; ask the leader",
+        );
+      }
+      const token = this.#options.adminToken;
+      if (this.#controlSecured && token === undefined) {
+        throw new BackbeatError(
+          "auth",
+          "Cannot forward the tempo change: control messages must be signed and this pulse has " +
+            "no admin token; send a signed control message or ask the leader",
+        );
+      }
       // The leader applies it at the downbeat after its next beat: estimate that on the grid seen.
       const next = last.frame.beat_index + 1;
       const start = next - this.#tracker.positionInBar(next);
-      this.#bus.publish(
-        this.#subjects.control,
-        encoder.encode(JSON.stringify({ tempo_bpm: tempoBpm, requested_by: this.id })),
-      );
+      if (token === undefined) {
+        this.#bus.publish(
+          this.#subjects.control,
+          controlPayload(tempoBpm, this.#clock.now(), this.id),
+        );
+      } else {
+        // The HMAC is asynchronous: a publish failure is reported as an error event.
+        this.#track((async () => {
+          const { data, headers } = await controlMessage({
+            clusterId: this.clusterId,
+            tempoBpm,
+            token,
+            issuedAt: this.#clock.now(),
+            requestedBy: this.id,
+          });
+          this.#bus.publish(this.#subjects.control, data, { headers });
+        })());
+      }
       const change: TempoChange = {
         tempoBpm,
         effectiveBeat: start + this.#tracker.beatsPerBar,
@@ -381,6 +537,8 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
       tempoBpm: this.#tempoNow(),
       lastBeatIndex: this.#tracker.last?.frame.beat_index ?? -1,
       fencingToken: this.fencingToken,
+      epoch: this.epoch,
+      controlRejected: this.#controlCounts(),
     };
   }
 
@@ -404,14 +562,25 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
       beatsSkipped: loop.skipped,
       publishErrors: loop.publishErrors,
       takeovers: this.#takeovers,
-      controlRejected: this.#controlRejected,
-      framesRejected: this.#framesRejected,
+      controlRejected: this.#controlRejections.total,
+      controlRejectedByReason: this.#controlCounts(),
+      framesRejected: this.#frameRejections.total,
+      framesRejectedByReason: this.#frameRejections.counts,
+      framesVerified: this.#framesVerified,
+      fencingChecks: this.#leadership?.fencingChecks ?? 0,
+      epoch: this.epoch,
       leader: this.#role === "leader",
       tempoBpm: this.#tempoNow(),
       lastBeatIndex: this.#tracker.last?.frame.beat_index ?? -1,
       fencingToken: this.fencingToken,
       lateness: loop.lateness(),
     };
+  }
+
+  #controlCounts(): Record<ControlRejectReason, number> {
+    const out = {} as Record<ControlRejectReason, number>;
+    for (const r of CONTROL_REJECT_REASONS) out[r] = this.#controlRejections.count(r);
+    return out;
   }
 
   /**
@@ -446,11 +615,21 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
     }
     this.#role = "starting";
     try {
-      this.#subs.push(this.#bus.subscribe(this.#subjects.control, (m) => this.#onControl(m)));
+      if (this.#controlSecured) {
+        const token = this.#options.adminToken;
+        this.#controlAuth = {
+          hmac: token === undefined ? undefined : await hmacKey(token),
+          keyring: this.#options.adminKeyring,
+        };
+      }
+      if (this.#controlOn) {
+        this.#subs.push(this.#bus.subscribe(this.#subjects.control, (m) => this.#onControl(m)));
+      }
       if (!isNatsBus(this.#bus)) {
         const plan = await planTenure({
           clusterId: this.clusterId,
           tracker: this.#tracker,
+          trackerConfirmed: this.#trackedConfirmed,
           current: this.#loop.timeline,
           keepCurrent: this.#keepTimeline(),
           listeningSince: Infinity,
@@ -472,6 +651,7 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
         leaseClock: this.#loop.quietClock,
         idleClock: this.#loop.idleClock,
         tracker: this.#tracker,
+        trackerConfirmed: () => this.#trackedConfirmed,
         listeningSince: this.#clock.now(),
         leaseTtlMs: this.#options.leaseTtlMs,
         leaseRenewIntervalMs: this.#options.leaseRenewIntervalMs,
@@ -505,6 +685,8 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
     this.#abortCleanup = undefined;
     for (const sub of this.#subs) sub.unsubscribe();
     this.#subs = [];
+    this.#frameWork.close();
+    this.#controlWork.close();
     // An embedded pulse stops synchronously (an abort listener sees it stopped at once).
     if (this.#leadership) await this.#leadership.close(wasLeader);
     this.#role = "stopped";
@@ -514,6 +696,8 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
       });
     }
     await this.settled();
+    this.#frameRejections.stop();
+    this.#controlRejections.stop();
     if (this.#ownsBus) await this.#bus.close();
   }
 
@@ -571,40 +755,168 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
 
   // --- inbound messages ---
 
+  // Frames of other pulses. A leader only asks whether a frame shows a later tenure; a follower
+  // tracks them to continue the timeline. With a pulse keyring, only frames whose signature
+  // verifies count at all. Refusals are counted by reason and logged rate-limited.
   #onBeat(msg: BusMessage): void {
-    if (msg.headers?.["x-pulse-id"] === this.id) return;
+    const headers = msg.headers;
+    if (headers?.["x-pulse-id"] === this.id) return;
+    const arrival = this.#clock.now();
     // Through the one frame gate: a bad frame must not seed a successor's timeline.
     const frame = decodeBeatFrame(msg.data, this.clusterId);
-    if (typeof frame === "string" || !pulseMightSend(frame)) {
-      this.#framesRejected++;
+    if (typeof frame === "string") {
+      this.#frameRejections.add(gateReason(frame), { error: frame.slice(0, 200) });
       return;
     }
-    try {
-      this.#hlc.update(frame.hlc);
-    } catch { /* a remote clock far ahead must not move ours */ }
-    this.#tracker.observe(frame, this.#clock.now());
-    if (this.#role === "leader") this.#leadership?.checkFencing(msg.headers, this.#loop.token);
+    if (!pulseMightSend(frame)) {
+      this.#frameRejections.add("tempo", { tempo_bpm: frame.tempo_bpm });
+      return;
+    }
+    if (this.#role === "leader") {
+      // Only a later tenure matters to a leader: nothing else is worth a verification.
+      const theirs = Number(headers?.["x-fencing-token"]);
+      if (!(Number.isSafeInteger(theirs) && theirs > this.#loop.token)) return;
+    }
+    const keys = this.#pulseKeys;
+    if (keys === undefined) {
+      this.#takeFrame(frame, headers, arrival, undefined);
+      return;
+    }
+    if (!headers?.["x-signature"] || !headers["x-key-id"]) {
+      this.#frameRejections.add("unsigned", { beat_index: frame.beat_index });
+      return;
+    }
+    const queued = this.#frameWork.push(async () => {
+      const check = await verifySigned(
+        keyringOf(keys),
+        SignatureDomain.BeatFrame,
+        this.clusterId,
+        msg.data,
+        headers,
+        { epoch: frame.epoch ?? 0, at: this.#clock.now() },
+      );
+      if (!check.ok) {
+        this.#frameRejections.add(check.reason, {
+          key_id: headers["x-key-id"].slice(0, 64),
+          beat_index: frame.beat_index,
+        });
+        return;
+      }
+      this.#framesVerified++;
+      this.#takeFrame(frame, headers, arrival, check.key.keyId);
+    });
+    if (!queued) this.#frameRejections.add("overload");
   }
 
-  #onControl(msg: BusMessage): void {
-    if (this.#role !== "leader") return;
-    let tempo: number;
-    try {
-      tempo = readTempoRequest(msg.data);
-    } catch (error) {
-      this.#controlRejected++;
-      this.#logger.warn("control message rejected", {
-        subject: msg.subject,
-        reason: (error as Error).message,
-      });
+  // `keyId`: the trusted key the frame's signature verified with, if it did.
+  #takeFrame(
+    frame: BeatFrame,
+    headers: BusHeaders | undefined,
+    arrival: number,
+    keyId: string | undefined,
+  ): void {
+    if (this.#stopped) return;
+    const deadline = parseInstant(frame.deadline_at);
+    const bar = (frame.beats_per_bar ?? DEFAULT_BEATS_PER_BAR) * 60_000 / frame.tempo_bpm;
+    const verified = keyId !== undefined && Math.abs(deadline - arrival) <= FRESH_FRAME_MS + bar;
+    if (this.#role === "leader") {
+      // The token is a header, outside the signature: a replay of a signed frame (this pulse's
+      // own, or an old one) with a forged token must not count as a later tenure's. Such a frame
+      // only makes the leader ask the lease.
+      const later = verified && keyId !== this.#options.signingKey?.keyId &&
+        (frame.epoch ?? 0) >= this.#loop.timeline.epoch &&
+        frame.beat_index >= this.#loop.next - FENCING_BEHIND_BEATS;
+      this.#leadership?.checkFencing(headers, this.#loop.token, later);
       return;
     }
+    const seen = this.#observe(frame, arrival, verified);
+    if (seen === "new" || seen === "restart") {
+      try {
+        this.#hlc.update(frame.hlc);
+      } catch { /* a remote clock far ahead must not move ours */ }
+    } else if (seen === "implausible" || seen === "old_epoch" || seen === "unreadable") {
+      this.#frameRejections.add(seen, { beat_index: frame.beat_index, epoch: frame.epoch ?? 0 });
+    }
+  }
+
+  // Feeds the tracker and notes whether its latest frame is vouched for: a successor continues
+  // only such frames when no stored timeline says otherwise.
+  #observe(frame: BeatFrame, arrival: number, verified: boolean): string {
+    const had = this.#tracker.last !== undefined;
+    const { status } = this.#tracker.observe(frame, arrival, { verified });
+    if (status === "new" || status === "restart") {
+      this.#trackedConfirmed = verified || status === "restart" || had;
+    }
+    return status;
+  }
+
+  // Tempo requests. Open (no admin token or keyring): the leader applies any well-formed one.
+  // Secured: every pulse checks the proof, freshness and order (so a successor knows the last
+  // accepted), with bounded work in flight; the leader applies what passes.
+  #onControl(msg: BusMessage): void {
+    const auth = this.#controlAuth;
+    if (auth === undefined) {
+      if (this.#role !== "leader") return;
+      let tempo: number;
+      try {
+        tempo = readTempoRequest(msg.data);
+      } catch (error) {
+        this.#controlRejections.add("invalid", { error: (error as Error).message.slice(0, 200) });
+        return;
+      }
+      this.#applyTempo(tempo);
+      return;
+    }
+    if (msg.data.byteLength > MAX_TEMPO_REQUEST_BYTES) {
+      this.#controlRejections.add("invalid", { bytes: msg.data.byteLength });
+      return;
+    }
+    const headers = msg.headers;
+    if (!hasControlProof(auth, headers)) {
+      this.#controlRejections.add("unauthenticated");
+      return;
+    }
+    const queued = this.#controlWork.push(async () => {
+      const now = this.#clock.now();
+      const check = await authenticateControl(auth, this.clusterId, msg.data, headers, now);
+      if (!check.ok) {
+        this.#controlRejections.add(
+          check.reason,
+          check.failure ? { failure: check.failure } : undefined,
+        );
+        return;
+      }
+      let request;
+      try {
+        request = readControlMessage(msg.data);
+        if (request.issuedAt === undefined) {
+          throw new TypeError("Invalid control message: issued_at field is required");
+        }
+      } catch (error) {
+        this.#controlRejections.add("invalid", { error: (error as Error).message.slice(0, 200) });
+        return;
+      }
+      const issuedAt = request.issuedAt;
+      if (Math.abs(issuedAt - now) > CONTROL_MAX_SKEW_MS) {
+        this.#controlRejections.add("stale", { skew_ms: Math.round(issuedAt - now) });
+        return;
+      }
+      if (issuedAt <= this.#lastIssuedAt) {
+        this.#controlRejections.add("replay", { by: check.by });
+        return;
+      }
+      this.#lastIssuedAt = issuedAt;
+      if (this.#role === "leader" && !this.#stopped) this.#applyTempo(request.tempoBpm);
+    });
+    if (!queued) this.#controlRejections.add("rate_limited");
+  }
+
+  #applyTempo(tempo: number): void {
     try {
       this.setTempo(tempo);
     } catch (error) {
       // A message handler must not throw: count it like any other refused request.
-      this.#controlRejected++;
-      this.#error("Cannot apply the tempo request", error);
+      this.#controlRejections.add("invalid", { error: (error as Error).message.slice(0, 200) });
     }
   }
 

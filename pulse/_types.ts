@@ -1,6 +1,33 @@
 // The public types of a pulse: its options, events, role, status and metrics.
-import type { BeatFrame, Bus, Clock, Logger, Phase } from "../core/mod.ts";
+import type { BeatFrame, Bus, Clock, Keyring, Logger, Phase, SigningKey } from "../core/mod.ts";
 import type { HistogramSnapshot } from "../service/mod.ts";
+
+/**
+ * A keyring, or something that holds the keyring in force (a `KeyringWatcher` that reloads it
+ * from its file): pulse reads `current` for every check, so a reload applies at once.
+ */
+export type KeyringSource = Keyring | { readonly current: Keyring };
+
+/** Why a control message was refused (the `reason` label of its counter). */
+export const ControlRejectReason = {
+  /**
+   * No proof a pulse can check: no `x-signature`/`x-key-id` (with an admin keyring) and no
+   * `x-auth-hmac` (with an admin token).
+   */
+  Unauthenticated: "unauthenticated",
+  /** The signature or HMAC does not verify (or its key is unknown or expired). */
+  BadSignature: "bad_signature",
+  /** `issued_at` is not newer than the last accepted control message's. */
+  Replay: "replay",
+  /** `issued_at` is more than 30 s from the pulse's clock. */
+  Stale: "stale",
+  /** Too large, not JSON, no `tempo_bpm` in range, or no RFC 3339 `issued_at`. */
+  Invalid: "invalid",
+  /** More control messages waiting for verification than a pulse keeps (32): dropped. */
+  RateLimited: "rate_limited",
+} as const;
+/** One of {@linkcode ControlRejectReason}'s values. */
+export type ControlRejectReason = typeof ControlRejectReason[keyof typeof ControlRejectReason];
 
 /** What a pulse is doing. */
 export const PulseRole = {
@@ -53,6 +80,32 @@ export interface PulseOptions {
   stateWriteIntervalMs?: number;
   /** Structured logger. @default {silentLogger} */
   logger?: Logger;
+  /**
+   * Signs every frame (`x-signature`, `x-key-id`) over `backbeat.beatframe.v1`, the cluster and
+   * the timeline's epoch, ahead of its due time. @default {undefined: frames go unsigned}
+   */
+  signingKey?: SigningKey;
+  /**
+   * Trusted pulse keys. With them an unsigned or badly signed frame of another pulse is refused
+   * and counted, and only verified frames can end a tenure or seed a takeover.
+   * @default {undefined: frames are checked by the gate and the tracker only}
+   */
+  pulseKeyring?: KeyringSource;
+  /**
+   * The admin token: a control message proves it with `x-auth-hmac` (HMAC-SHA-256 of the signed
+   * bytes, keyed by the token), never by sending it. With it (or `adminKeyring`), control
+   * messages must be authenticated, fresh (`issued_at` within 30 s) and newer than the last.
+   * @default {undefined}
+   */
+  adminToken?: string;
+  /** Operator keys for Ed25519-signed control messages (see `adminToken`). @default {undefined} */
+  adminKeyring?: KeyringSource;
+  /**
+   * Subscribe to `backbeat.<cluster>.control`. Without `adminToken` and `adminKeyring` anyone
+   * who can publish there changes the tempo (a trusted bus); `false` closes that door.
+   * @default {true}
+   */
+  control?: boolean;
 }
 
 /** Result of {@linkcode Pulse.setTempo}, and detail of its `tempo` event. */
@@ -97,10 +150,25 @@ export interface PulseMetrics {
   readonly publishErrors: number;
   /** Times this pulse became leader. */
   readonly takeovers: number;
-  /** Control messages rejected as malformed or out of range. */
+  /** Control messages refused, all reasons. */
   readonly controlRejected: number;
-  /** Frames on the beat subject that could not be read, or no pulse would publish. */
+  /** Control messages refused, by {@linkcode ControlRejectReason}. */
+  readonly controlRejectedByReason: Readonly<Record<ControlRejectReason, number>>;
+  /** Frames of other pulses refused, all reasons. */
   readonly framesRejected: number;
+  /**
+   * Frames refused, by reason (reverb's names where it has the same): the gate's (`oversized`,
+   * `malformed`, `schema`, `cluster`, and `tempo` beyond pulse's range), the signature's
+   * (`unsigned`, `unknown_key`, `key_expired`, `bad_signature`), the tracker's (`implausible`,
+   * `old_epoch`, `unreadable`), and `overload` (too many waiting for verification).
+   */
+  readonly framesRejectedByReason: Readonly<Record<string, number>>;
+  /** Frames of other pulses whose signature verified. */
+  readonly framesVerified: number;
+  /** Times the leader asked the KV lease because an unverified frame showed a higher token. */
+  readonly fencingChecks: number;
+  /** Epoch of the timeline led or followed (0: a timeline without epochs). */
+  readonly epoch: number;
   /** Whether this pulse leads. */
   readonly leader: boolean;
   /** Tempo in force. */
@@ -129,4 +197,8 @@ export interface PulseStatus {
   readonly lastBeatIndex: number;
   /** Fencing token, 0 when not leading or embedded. */
   readonly fencingToken: number;
+  /** Epoch of the timeline led or followed (0: a timeline without epochs). */
+  readonly epoch: number;
+  /** Control messages refused, by reason. */
+  readonly controlRejected: Readonly<Record<ControlRejectReason, number>>;
 }

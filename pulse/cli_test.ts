@@ -38,8 +38,65 @@ Deno.test("parsePulseArgs() reads flags, falls back to BACKBEAT_* variables, fla
     id: "p1",
     http: { hostname: "0.0.0.0", port: 9000 },
     adminToken: "tok",
+    adminKeyringFile: undefined,
+    control: true,
+    signingKeyFile: undefined,
+    pulseKeyringFile: undefined,
     logLevel: "debug",
   });
+});
+
+Deno.test("parsePulseArgs() reads the key, keyring and control flags and their variables", () => {
+  const c = config(["--signing-key", "pulse.key.json", "--control", "OFF"], {
+    BACKBEAT_PULSE_KEYRING: "pulses.json",
+    BACKBEAT_ADMIN_KEYRING: "operators.json",
+    BACKBEAT_CONTROL: "on",
+  });
+  assert.equal(c.signingKeyFile, "pulse.key.json");
+  assert.equal(c.pulseKeyringFile, "pulses.json");
+  assert.equal(c.adminKeyringFile, "operators.json");
+  assert.equal(c.control, false);
+  assert.equal(config([], { BACKBEAT_CONTROL: "off" }).control, false);
+  assert.equal(config([]).control, true);
+  assert.throws(
+    () => parsePulseArgs(["--control", "maybe"]),
+    /Invalid --control "maybe": expected on or off/,
+  );
+  assert.throws(
+    () => parsePulseArgs([], { BACKBEAT_SIGNING_KEY: " " }),
+    /Invalid BACKBEAT_SIGNING_KEY/,
+  );
+});
+
+Deno.test("runPulse() exits 1 on an unreadable key file and never logs its content", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/key.json`;
+    // A JWK whose private part is malformed: the secret-looking text must not reach the log.
+    await Deno.writeTextFile(path, '{"kty":"OKP","crv":"Ed25519","d":"SECRET-SEED","x":"AA"}');
+    const lines: string[] = [];
+    const logger = {
+      debug() {},
+      info() {},
+      warn() {},
+      error(msg: string, fields?: Record<string, unknown>) {
+        lines.push(
+          JSON.stringify({ msg, ...fields }, (_k, v) => v instanceof Error ? v.message : v),
+        );
+      },
+    };
+    const code = await runPulse(config(["--http", "127.0.0.1:0", "--signing-key", path]), {
+      signal: new AbortController().signal,
+      logger,
+    });
+    assert.equal(code, 1);
+    assert.equal(lines.length, 1);
+    assert.match(lines[0], /cannot load keys/);
+    assert.match(lines[0], /key\.json/);
+    assert.doesNotMatch(lines[0], /SECRET-SEED/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("parsePulseArgs() has working defaults and --help", () => {

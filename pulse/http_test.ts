@@ -80,10 +80,16 @@ Deno.test("GET /metrics serves the Prometheus text format with the pulse's count
     assert.equal(value("backbeat_pulse_publish_lateness_seconds_count"), 4);
     assert.ok(lines.includes("# TYPE backbeat_pulse_publish_lateness_seconds histogram"));
     assert.ok(lines.includes("# TYPE backbeat_pulse_beats_published_total counter"));
-    // Every sample line is `name{labels} value`.
+    assert.equal(value('backbeat_pulse_control_rejected_total{reason="unauthenticated"}'), 0);
+    assert.equal(value('backbeat_pulse_frames_rejected_total{reason="unsigned"}'), 0);
+    assert.equal(value('backbeat_pulse_http_rejected_total{reason="unauthorized"}'), 0);
+    assert.ok(value("backbeat_pulse_timeline_epoch") >= 1_700_000_000_000);
+    // Every sample line is `name{labels} value`, and each family is headed once.
     for (const l of lines.filter((l) => l && !l.startsWith("#"))) {
-      assert.match(l, /^[a-z_]+(\{le="[^"]+"\})? -?[0-9.e+-]+$/);
+      assert.match(l, /^[a-z_]+(\{(le|reason)="[^"]+"\})? -?[0-9.e+-]+$/);
     }
+    const types = lines.filter((l) => l.startsWith("# TYPE "));
+    assert.equal(new Set(types).size, types.length);
   } finally {
     await t.done();
   }
@@ -121,6 +127,18 @@ Deno.test("POST /tempo needs the bearer token, rejects bad requests with 400, ap
     assert.equal(r.status, 200);
     assert.deepEqual(JSON.parse(r.text), { tempo_bpm: 60, effective_beat: 4, forwarded: false });
     assert.equal(t.pulse.timeline.tempoAt(4), 60);
+    // Every refusal above is counted by reason; the accepted request is not.
+    const metrics = (await call(`${t.http.url}/metrics`)).text;
+    const rejected = (reason: string) =>
+      Number(
+        new RegExp(`^backbeat_pulse_http_rejected_total\\{reason="${reason}"\\} (\\d+)$`, "m")
+          .exec(metrics)?.[1],
+      );
+    assert.equal(rejected("unauthorized"), 2);
+    assert.equal(rejected("invalid"), 6);
+    assert.equal(rejected("too_large"), 1);
+    assert.equal(rejected("method_not_allowed"), 1);
+    assert.equal(rejected("unavailable"), 0);
   } finally {
     await t.done();
   }
@@ -135,6 +153,8 @@ Deno.test("POST /tempo without an admin token configured is open; a stopped puls
     await t.pulse.start();
     r = await post(url, '{"tempo_bpm":30}');
     assert.equal(r.status, 200);
+    const metrics = (await call(`${t.http.url}/metrics`)).text;
+    assert.match(metrics, /^backbeat_pulse_http_rejected_total\{reason="unavailable"\} 1$/m);
   } finally {
     await t.done();
   }

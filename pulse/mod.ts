@@ -5,7 +5,9 @@
  *
  * Run it as a process with `deno run -A pulse/main.ts --help` (`@chorus/backbeat/pulse/main`),
  * or embed {@linkcode Pulse} and, for health, metrics and tempo requests over HTTP,
- * {@linkcode servePulseHttp}.
+ * {@linkcode servePulseHttp}. On a bus others can publish to, give pulse a `signingKey`, other
+ * pulses a `pulseKeyring`, and operators an `adminToken` or `adminKeyring`;
+ * {@linkcode controlMessage} builds the authenticated tempo change they send.
  *
  * @example Embed a pulse and follow its beats
  * ```ts
@@ -26,7 +28,10 @@
  */
 
 export { Pulse } from "./_pulse.ts";
+export { type ControlMessage, controlMessage, type ControlMessageOptions } from "./_control.ts";
 export {
+  ControlRejectReason,
+  type KeyringSource,
   type PulseEventMap,
   type PulseMetrics,
   type PulseOptions,
@@ -50,10 +55,14 @@ export type {
   BusSubscription,
   Clock,
   IsolatedEventTarget,
+  KeyEntry,
+  Keyring,
   LogFields,
   Logger,
   Phase,
   PublishOptions,
+  RequestOptions,
+  SigningKey,
   SubscribeOptions,
   Timeline,
   TimelineJson,

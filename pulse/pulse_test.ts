@@ -75,7 +75,10 @@ Deno.test("Pulse publishes valid, continuous frames at their due time", async ()
         frame.deadline_at,
         formatInstant(due + phaseEnd[i % 4] * 500),
       );
-      assert.equal(frame.window_id, await windowId("c1", i - (i % 4)));
+      // A timeline this pulse created: an epoch from its creation instant, in every frame and
+      // every window id.
+      assert.equal(frame.epoch, 1_700_000_000_000);
+      assert.equal(frame.window_id, await windowId("c1", i - (i % 4), frame.epoch));
       assert.equal(headers["x-window-id"], frame.window_id);
       assert.equal(headers["x-hlc"], frame.hlc);
       assert.equal(headers["x-pulse-id"], t.pulse.id);

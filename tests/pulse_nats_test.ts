@@ -66,7 +66,12 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
         const pos = frame.beat_index % 4;
         assert.equal(frame.downbeat, pos === 0);
         assert.equal(frame.phase, phases[pos]);
-        assert.equal(frame.window_id, await windowId(CLUSTER, frame.beat_index - pos));
+        // One epoch for the cluster's timeline, across every takeover; window ids derive from it.
+        assert.equal(frame.epoch, frames[0].frame.epoch);
+        assert.equal(
+          frame.window_id,
+          await windowId(CLUSTER, frame.beat_index - pos, frame.epoch),
+        );
         const due = dueOf(frame, PERIOD);
         const expected = origin + frame.beat_index * PERIOD;
         assert.ok(Math.abs(due - expected) < 0.01, `due ${due} vs ${expected}`);
@@ -195,7 +200,7 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
         }
         assertContinuous(frames.slice(Math.max(0, from - 3)));
         const metrics = await (await fetch(`${await proc(leader).url}/metrics`)).text();
-        assert.match(metrics, /^backbeat_pulse_control_rejected_total 2$/m);
+        assert.match(metrics, /^backbeat_pulse_control_rejected_total\{reason="invalid"\} 2$/m);
 
         const res = await fetch(`${await follower.url}/tempo`, {
           method: "POST",
@@ -262,6 +267,9 @@ Deno.test("a follower rejects malformed frames on the beat subject and its succe
     peer.publish("backbeat.malformed.beat", enc.encode(JSON.stringify(forged)));
     await peer.flush();
     await waitFor(() => b.metrics().framesRejected === 3, 5000, "the forged frame rejected");
+    // Counted by stable reasons, the names reverb uses for the same refusals.
+    const reasons = b.metrics().framesRejectedByReason;
+    assert.deepEqual([reasons.schema, reasons.malformed, reasons.tempo], [1, 1, 1]);
     assert.ok(b.lastBeat!.beat_index < 1e6, `follower took beat ${b.lastBeat!.beat_index}`);
     // The leader hands over; the follower continues the real timeline, not the junk.
     const last = a.lastBeat!.beat_index;

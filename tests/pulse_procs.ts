@@ -1,6 +1,6 @@
 // Runs pulse processes (pulse/main.ts) against a test nats-server and watches the beat subject:
 // shared by tests/pulse_nats_test.ts and bench/pulse_bench.ts.
-import type { BeatFrame } from "../core/mod.ts";
+import { type BeatFrame, generateSigningKeyPair, Keyring, type KeyringJson } from "../core/mod.ts";
 import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
 import { until } from "./until.ts";
 
@@ -17,7 +17,10 @@ export interface PulseProc {
   readonly id: string;
   readonly child: Deno.ChildProcess;
   readonly lines: LogLine[];
-  /** Resolves with the HTTP URL once the pulse logs "pulse running". */
+  /**
+   * Resolves with the HTTP URL once the pulse logs "pulse running"; rejects when the process
+   * exits before that (a refused flag, a key that cannot be read), so no test waits forever.
+   */
   readonly url: Promise<string>;
   /** Sends a signal (ignored when the process is gone). */
   signal(sig: Deno.Signal): void;
@@ -41,7 +44,13 @@ export function spawnPulse(id: string, args: string[]): PulseProc {
   }).spawn();
   const lines: LogLine[] = [];
   let resolveUrl!: (url: string) => void;
-  const url = new Promise<string>((r) => resolveUrl = r);
+  let rejectUrl!: (error: Error) => void;
+  const url = new Promise<string>((resolve, reject) => {
+    resolveUrl = resolve;
+    rejectUrl = reject;
+  });
+  // Awaited or not: an early exit must not become an unhandled rejection by itself.
+  url.catch(() => {});
   const reading = (async () => {
     let buf = "";
     for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
@@ -63,8 +72,11 @@ export function spawnPulse(id: string, args: string[]): PulseProc {
     }
   })();
   let exited = false;
-  const status = child.status.then((s) => {
+  const status = child.status.then(async (s) => {
     exited = true;
+    await reading.catch(() => {});
+    const last = lines.slice(-3).map((l) => JSON.stringify(l.rec)).join("\n");
+    rejectUrl(new Error(`pulse ${id} exited (code ${s.code}) before running:\n${last}`));
     return s;
   });
   const signal = (sig: Deno.Signal) => {
@@ -100,6 +112,10 @@ export interface SeenFrame {
   readonly token: number;
   /** x-pulse-sent, epoch ms. */
   readonly sent: number;
+  /** The exact payload. */
+  readonly data: Uint8Array;
+  /** Every header. */
+  readonly headers: Record<string, string>;
 }
 
 /** Subscribes to a cluster's beat subject on its own connection. */
@@ -118,6 +134,8 @@ export async function watchBeats(
       from: m.headers?.["x-pulse-id"] ?? "",
       token: Number(m.headers?.["x-fencing-token"]),
       sent: Number(m.headers?.["x-pulse-sent"]),
+      data: m.data,
+      headers: { ...m.headers },
     });
   });
   await bus.flush();
@@ -125,8 +143,12 @@ export async function watchBeats(
 }
 
 /** Polls until `cond` holds (tests/until.ts, in the argument order of these call sites). */
-export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  await until(cond, { timeoutMs: ms, what });
+export async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  ms: number,
+  what: string,
+): Promise<void> {
+  await until(cond, { timeoutMs: ms, what, intervalMs: 20 });
 }
 
 /** Measures a handover triggered by `act` at performance.now() `t0`. */
@@ -176,4 +198,59 @@ export function measureHandover(
 /** The id of the pulse that sent the latest frame. */
 export function currentLeader(frames: readonly SeenFrame[]): string {
   return frames.at(-1)?.from ?? "";
+}
+
+/** Key files for pulses (or operators) in a temporary directory, and the keyring of them all. */
+export interface KeyFiles {
+  /** The directory (remove it when done). */
+  readonly dir: string;
+  /** Each owner's private key file: an Ed25519 JWK with its key id in `kid`. */
+  readonly keyFiles: Readonly<Record<string, string>>;
+  /** Each owner's key id. */
+  readonly keyIds: Readonly<Record<string, string>>;
+  /** The keyring file: every owner's public key. */
+  readonly keyringFile: string;
+  /** The same keyring, loaded. */
+  readonly keyring: Keyring;
+}
+
+/**
+ * Generates one Ed25519 key per owner and writes the private key files (as `backbeat keygen`
+ * would) and one keyring file holding every public key.
+ *
+ * @param owners Owner names (pulse ids, operator names).
+ * @returns The files and the keyring.
+ */
+export async function writeKeyFiles(owners: readonly string[]): Promise<KeyFiles> {
+  const dir = await Deno.makeTempDir({ prefix: "backbeat-keys-" });
+  const keyFiles: Record<string, string> = {};
+  const keyIds: Record<string, string> = {};
+  const json: KeyringJson = {};
+  for (const owner of owners) {
+    const pair = await generateSigningKeyPair();
+    const keyId = `${owner}-${pair.keyId.slice(0, 8)}`;
+    keyFiles[owner] = `${dir}/${owner}.key.json`;
+    keyIds[owner] = keyId;
+    await Deno.writeTextFile(keyFiles[owner], JSON.stringify({ ...pair.privateJwk, kid: keyId }), {
+      mode: 0o600,
+    });
+    json[owner] = [{ key_id: keyId, public_key: pair.publicKey }];
+  }
+  const keyringFile = `${dir}/keyring.json`;
+  await Deno.writeTextFile(keyringFile, JSON.stringify(json));
+  return { dir, keyFiles, keyIds, keyringFile, keyring: await Keyring.fromJson(json) };
+}
+
+/**
+ * Reads one sample of a pulse's `/metrics`.
+ *
+ * @param url The pulse's HTTP URL.
+ * @param sample The sample's name with labels, e.g. `backbeat_pulse_leader` or
+ * `backbeat_pulse_control_rejected_total{reason="replay"}`.
+ * @returns Its value, `NaN` when absent.
+ */
+export async function metric(url: string, sample: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${sample} `));
+  return line === undefined ? NaN : Number(line.slice(sample.length + 1));
 }
