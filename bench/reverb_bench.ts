@@ -260,9 +260,12 @@ async function reverbRun(
   await new Promise((r) => setTimeout(r, 4 * BEAT_MS + BEAT_MS));
   const s = reverb.status();
   const metrics = renderReverbMetrics(reverb.metrics());
-  const sum = Number(/^backbeat_reverb_verify_seconds_sum (.+)$/m.exec(metrics)?.[1] ?? 0);
-  const cnt = Number(/^backbeat_reverb_verify_seconds_count (.+)$/m.exec(metrics)?.[1] ?? 0);
-  const skipped = Number(/^backbeat_reverb_bars_skipped_total (.+)$/m.exec(metrics)?.[1] ?? 0);
+  // Every sample carries the cluster label.
+  const metric = (name: string) =>
+    Number(new RegExp(`^${name}\\{cluster="[^"]*"\\} (.+)$`, "m").exec(metrics)?.[1] ?? 0);
+  const sum = metric("backbeat_reverb_verify_seconds_sum");
+  const cnt = metric("backbeat_reverb_verify_seconds_count");
+  const skipped = metric("backbeat_reverb_bars_skipped_total");
   await reverb.stop();
   await bus.close();
   return {
@@ -275,7 +278,7 @@ async function reverbRun(
     reports: s.reports_published - reportsBefore,
     skipped,
     verifyMeanUs: cnt ? (sum / cnt) * 1e6 : 0,
-    offloaded: Number(/^backbeat_reverb_verify_offloaded_total (.+)$/m.exec(metrics)?.[1] ?? 0),
+    offloaded: metric("backbeat_reverb_verify_offloaded_total"),
     workers: reverb.verifyWorkers,
   };
 }

@@ -1,13 +1,22 @@
 // The reverb command: flags and BACKBEAT_* variables into a configuration (a pure, tested
 // function), then the run loop that main.ts calls: it composes a Reverb and its HTTP server.
+//
+// Output contract: logs are JSON lines on stderr; a bad command line is `reverb: <message>` and
+// exit 2; a failure to start is ONE line `reverb: <message>` and exit 1. No line carries a NATS
+// password or token: connectNatsBus() redacts its messages, and every line written here passes
+// through a scrubber that masks the secrets given on the command line or in the environment.
 
 import { assertClusterId } from "../core/mod.ts";
-import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
+import { connectNatsBus, type NatsBusLike, type NatsBusOptions, redactUrl } from "../nats/mod.ts";
 import {
   type EnvVars,
+  type FlagSpec,
   type HostPort,
   JsonLogger,
   type LogLevel,
+  NATS_FLAG_SPECS,
+  NATS_FLAGS_HELP,
+  natsSettingsFromFlags,
   parseFlags,
   parseHostPort,
   parseLogLevel,
@@ -36,17 +45,24 @@ export const DEFAULT_REVERB_HTTP = `${DEFAULT_REVERB_HTTP_HOSTNAME}:${DEFAULT_RE
 export interface ReverbCliConfig {
   /** `--cluster` / `BACKBEAT_CLUSTER`. */
   clusterId: string;
-  /** `--nats` / `BACKBEAT_NATS_URL` (comma-separated); empty runs on the embedded bus. */
-  natsServers: readonly string[];
+  /**
+   * `connectNatsBus()` options from the shared NATS flags (`--nats`, `--nats-user`, ...), file
+   * paths absolute; `undefined` without `--nats`: the embedded bus.
+   */
+  nats: NatsBusOptions | undefined;
+  /** `--replicas` / `BACKBEAT_REPLICAS`: JetStream replicas of the KV bucket and the stream. */
+  replicas: number;
   /** `--http` / `BACKBEAT_REVERB_HTTP`; `undefined` when `off`. */
   http: HostPort | undefined;
-  /** `--keyring` / `BACKBEAT_KEYRING`. */
+  /** Where `http` came from, for messages: `--http`, `BACKBEAT_REVERB_HTTP` or `default`. */
+  httpSource: string;
+  /** `--keyring` / `BACKBEAT_KEYRING`, absolute. */
   keyring: string | undefined;
   /** `--require-signatures` / `BACKBEAT_REQUIRE_SIGNATURES` (needs `--keyring`). */
   requireSignatures: boolean;
   /** `--legacy-claim-signatures` / `BACKBEAT_LEGACY_CLAIM_SIGNATURES`. */
   legacyClaimSignatures: boolean;
-  /** `--pulse-keyring` / `BACKBEAT_PULSE_KEYRING`. */
+  /** `--pulse-keyring` / `BACKBEAT_PULSE_KEYRING`, absolute. */
   pulseKeyring: string | undefined;
   /** `--grace-ms` / `BACKBEAT_GRACE_MS`; `undefined` for a quarter beat. */
   graceMs: number | undefined;
@@ -70,39 +86,47 @@ export type ReverbCliParse =
 /** `reverb --help`. */
 export const REVERB_USAGE: string = `reverb: verified status aggregation for BACKBEAT
 
-Usage: deno task reverb [flags]
+Usage: deno task reverb -- [flags]
+       backbeat-reverb [flags]
 
-Flags (each falls back to the BACKBEAT_* variable shown):
-  --cluster ID            cluster to aggregate            BACKBEAT_CLUSTER   (default ${DEFAULT_REVERB_CLUSTER})
-  --nats URL[,URL]        NATS server(s); without it       BACKBEAT_NATS_URL
-                          reverb runs on the embedded bus
-  --http HOST:PORT|off    HTTP API and dashboard           BACKBEAT_REVERB_HTTP (default ${DEFAULT_REVERB_HTTP})
-  --keyring FILE          agents' JSON keyring, reloaded   BACKBEAT_KEYRING
-                          on change and on SIGHUP; an
-                          agent listed there must sign
-  --require-signatures    reject every unsigned claim      BACKBEAT_REQUIRE_SIGNATURES
-                          (needs --keyring)
-  --legacy-claim-signatures  also accept signatures over   BACKBEAT_LEGACY_CLAIM_SIGNATURES
-                          the payload alone (the 0.1 form)
-  --pulse-keyring FILE    pulses' keyring: only frames     BACKBEAT_PULSE_KEYRING
-                          signed by its keys are followed
-  --grace-ms MS           wait after a window's end        BACKBEAT_GRACE_MS  (default: a quarter beat, <= 2000)
-  --max-claim-bytes N     largest claim accepted           BACKBEAT_MAX_CLAIM_BYTES (default ${DEFAULT_MAX_CLAIM_BYTES})
-  --max-claim-age-ms MS   claims with an older HLC are     BACKBEAT_MAX_CLAIM_AGE_MS (default ${DEFAULT_MAX_CLAIM_AGE_MS})
-                          rejected as stale
-  --max-clock-offset-ms MS  claims with an HLC further     BACKBEAT_MAX_CLOCK_OFFSET_MS (default ${DEFAULT_MAX_CLOCK_OFFSET_MS})
-                          ahead are rejected as future
-  --id ID                 this instance's id (HA holder)   BACKBEAT_REVERB_ID (default: random)
-  --log-level LEVEL       debug, info, warn, error         BACKBEAT_LOG_LEVEL (default info)
-  -h, --help              show this help
+Flags (environment variable in brackets):
+  --cluster ID          cluster to aggregate, one NATS token [BACKBEAT_CLUSTER]
+                        (default ${DEFAULT_REVERB_CLUSTER})
+  --http HOST:PORT|off  HTTP API and dashboard, port 0 = any [BACKBEAT_REVERB_HTTP]
+                        (default ${DEFAULT_REVERB_HTTP})
+  --keyring FILE        agents' JSON keyring, reloaded on change and on SIGHUP; an agent
+                        listed there must sign [BACKBEAT_KEYRING]
+  --require-signatures  reject every unsigned claim; needs --keyring
+                        [BACKBEAT_REQUIRE_SIGNATURES]
+  --legacy-claim-signatures
+                        also accept claim signatures over the payload alone (the 0.1 form)
+                        [BACKBEAT_LEGACY_CLAIM_SIGNATURES]
+  --pulse-keyring FILE  pulses' keyring: only frames signed by its keys are followed
+                        [BACKBEAT_PULSE_KEYRING]
+  --grace-ms MS         wait after a window's end before reporting it [BACKBEAT_GRACE_MS]
+                        (default a quarter beat, at most 2000)
+  --max-claim-bytes N   largest claim accepted [BACKBEAT_MAX_CLAIM_BYTES]
+                        (default ${DEFAULT_MAX_CLAIM_BYTES})
+  --max-claim-age-ms MS claims with an older HLC are rejected as stale
+                        [BACKBEAT_MAX_CLAIM_AGE_MS] (default ${DEFAULT_MAX_CLAIM_AGE_MS})
+  --max-clock-offset-ms MS
+                        claims with an HLC further ahead are rejected as future
+                        [BACKBEAT_MAX_CLOCK_OFFSET_MS] (default ${DEFAULT_MAX_CLOCK_OFFSET_MS})
+  --id ID               this instance's id, the lease holder among reverbs
+                        [BACKBEAT_REVERB_ID] (default random)
+  --log-level LEVEL     debug, info, warn or error [BACKBEAT_LOG_LEVEL] (default info)
+  -h, --help            show this help
 
-Logs are JSON lines on stderr. SIGINT/SIGTERM stop reverb (handing the active role over);
-SIGHUP reloads the keyrings.
+${NATS_FLAGS_HELP}
+Relative file paths are resolved against the directory the command was started from (under
+deno task: INIT_CWD). Logs are JSON lines on stderr. A bad command line exits 2, a failure to
+start is one line "reverb: <reason>" and exits 1. SIGINT/SIGTERM stop reverb (handing the
+active role over); SIGHUP reloads the keyrings.
 `;
 
-const SPECS = [
+const SPECS: readonly FlagSpec[] = [
   { name: "cluster", env: "BACKBEAT_CLUSTER" },
-  { name: "nats", env: "BACKBEAT_NATS_URL" },
+  ...NATS_FLAG_SPECS,
   { name: "http", env: "BACKBEAT_REVERB_HTTP" },
   { name: "keyring", env: "BACKBEAT_KEYRING" },
   { name: "require-signatures", type: "boolean", env: "BACKBEAT_REQUIRE_SIGNATURES" },
@@ -119,17 +143,43 @@ const SPECS = [
   { name: "id", env: "BACKBEAT_REVERB_ID" },
   { name: "log-level", env: "BACKBEAT_LOG_LEVEL" },
   { name: "help", type: "boolean", short: "h" },
-] as const;
+];
+
+/** The NATS options that are user file paths. */
+const NATS_FILES = ["nkeySeedFile", "credsFile", "caFile", "certFile", "keyFile"] as const;
 
 /**
- * Parses reverb's flags, falling back to `BACKBEAT_*` environment variables. One leading `--`
- * is skipped (`deno task reverb -- --cluster prod` passes it through).
+ * The directory relative paths mean: `deno task` runs a task in the project folder and names
+ * the caller's directory in INIT_CWD, so a path the user typed is read from where they typed it.
+ */
+function callerDirectory(env: EnvVars): string {
+  const cwd = Deno.cwd();
+  const init = env.INIT_CWD;
+  if (init === undefined || init === "") return cwd;
+  return isAbsolutePath(init) ? init : joinPath(cwd, init);
+}
+
+function isAbsolutePath(path: string): boolean {
+  return path.startsWith("/") || /^[A-Za-z]:[\\/]/.test(path) || path.startsWith("\\\\");
+}
+
+// Joined, not normalised: folding ".." would change what a path through a symlink means.
+function joinPath(dir: string, path: string): string {
+  return `${dir.replace(/[\\/]+$/, "")}/${path}`;
+}
+
+/**
+ * Parses reverb's flags, falling back to `BACKBEAT_*` environment variables; the NATS flags are
+ * the shared ones (`NATS_FLAG_SPECS`). One leading `--` is skipped (`deno task reverb -- --cluster
+ * prod` passes it through). Relative file paths are resolved against `INIT_CWD` when set (the
+ * directory `deno task` was started from), else the working directory.
  *
  * @param args Command-line arguments.
- * @param env Environment variables.
+ * @param env Environment variables. @default {{}}
  * @returns Help requested, or the configuration.
- * @throws {TypeError} On an unknown flag, a missing value, a bad cluster id, URL or address,
- * or `--require-signatures` without `--keyring`.
+ * @throws {TypeError} On an unknown flag, a missing value, a bad cluster id, URL or address, a
+ * NATS setting that does not fit (two credentials, a password without user, ...), or
+ * `--require-signatures` without `--keyring`. Messages show URLs redacted, never a secret.
  * @throws {RangeError} On a number out of range.
  *
  * @example Parse flags with an environment fallback
@@ -138,12 +188,13 @@ const SPECS = [
  * const r = parseReverbArgs(["--cluster", "prod", "--grace-ms=250"], {
  *   BACKBEAT_NATS_URL: "nats://n:4222",
  * });
- * if (!r.help) console.log(r.config.clusterId, r.config.graceMs, r.config.natsServers); // prod 250 ["nats://n:4222"]
+ * if (!r.help) console.log(r.config.clusterId, r.config.graceMs, r.config.nats?.servers); // prod 250 ["nats://n:4222"]
  * ```
  */
 export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): ReverbCliParse {
   // parseFlags skips one leading "--" itself: skipping another here would take a second one too.
-  const { values, sources, positionals } = parseFlags(args, SPECS, env);
+  const flags = parseFlags(args, SPECS, env);
+  const { values, sources, positionals } = flags;
   if (values.help) return { help: true };
   if (positionals.length > 0) {
     throw new TypeError(`Unexpected argument ${JSON.stringify(positionals[0])}`);
@@ -152,26 +203,20 @@ export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): Rev
   const src = (name: string): string => sources[name] ?? `--${name}`;
   const clusterId = str("cluster") ?? DEFAULT_REVERB_CLUSTER;
   assertClusterId(clusterId);
-  const natsServers = (str("nats") ?? "").split(",").map((s) => s.trim()).filter((s) => s);
-  for (const url of natsServers) {
-    if (!/^(nats|tls|ws|wss):\/\/[^\s]+$|^[^\s:/]+:\d+$/.test(url)) {
-      throw new TypeError(
-        `Invalid ${src("nats")} ${JSON.stringify(url)}: expected a URL like nats://host:4222`,
-      );
-    }
-  }
+  const settings = natsSettingsFromFlags(flags);
   const httpText = str("http") ?? DEFAULT_REVERB_HTTP;
   const http = httpText === "off" ? undefined : parseHostPort(httpText, src("http"));
-  const keyring = str("keyring");
-  if (keyring !== undefined && keyring.trim() === "") {
-    throw new TypeError(`Invalid ${src("keyring")}: expected a file path`);
-  }
-  const pulseKeyring = str("pulse-keyring");
-  if (pulseKeyring !== undefined && pulseKeyring.trim() === "") {
-    throw new TypeError(`Invalid ${src("pulse-keyring")}: expected a file path`);
-  }
+  const file = (name: string): string | undefined => {
+    const v = str(name);
+    if (v !== undefined && v.trim() === "") {
+      throw new TypeError(`Invalid ${src(name)}: expected a file path`);
+    }
+    return v;
+  };
+  const keyringText = file("keyring");
+  const pulseKeyringText = file("pulse-keyring");
   const requireSignatures = values["require-signatures"] === true;
-  if (requireSignatures && keyring === undefined) {
+  if (requireSignatures && keyringText === undefined) {
     // Every claim would be refused: a configuration mistake, not a policy.
     throw new TypeError(
       `Invalid ${
@@ -190,53 +235,113 @@ export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): Rev
     );
   }
   const level = str("log-level");
-  return {
-    help: false,
-    config: {
-      clusterId,
-      natsServers,
-      http,
-      keyring,
-      requireSignatures,
-      legacyClaimSignatures: values["legacy-claim-signatures"] === true,
-      pulseKeyring,
-      graceMs: grace === undefined
-        ? undefined
-        : parseNumber(grace, src("grace-ms"), { min: 0, max: 600_000 }),
-      maxClaimBytes: bytes === undefined
-        ? DEFAULT_MAX_CLAIM_BYTES
-        : parseNumber(bytes, src("max-claim-bytes"), { min: 64, max: 1_048_576, integer: true }),
-      maxClaimAgeMs: age === undefined
-        ? DEFAULT_MAX_CLAIM_AGE_MS
-        : parseNumber(age, src("max-claim-age-ms"), { min: 1, max: MAX_CLAIM_AGE_LIMIT_MS }),
-      maxClockOffsetMs: offset === undefined
-        ? DEFAULT_MAX_CLOCK_OFFSET_MS
-        : parseNumber(offset, src("max-clock-offset-ms"), { min: 1, max: MAX_CLAIM_AGE_LIMIT_MS }),
-      id,
-      logLevel: level === undefined ? "info" : parseLogLevel(level),
-    },
+  const config: ReverbCliConfig = {
+    clusterId,
+    nats: settings.nats,
+    replicas: settings.replicas,
+    http,
+    httpSource: sources.http ?? "default",
+    keyring: keyringText,
+    requireSignatures,
+    legacyClaimSignatures: values["legacy-claim-signatures"] === true,
+    pulseKeyring: pulseKeyringText,
+    graceMs: grace === undefined
+      ? undefined
+      : parseNumber(grace, src("grace-ms"), { min: 0, max: 600_000 }),
+    maxClaimBytes: bytes === undefined
+      ? DEFAULT_MAX_CLAIM_BYTES
+      : parseNumber(bytes, src("max-claim-bytes"), { min: 64, max: 1_048_576, integer: true }),
+    maxClaimAgeMs: age === undefined
+      ? DEFAULT_MAX_CLAIM_AGE_MS
+      : parseNumber(age, src("max-claim-age-ms"), { min: 1, max: MAX_CLAIM_AGE_LIMIT_MS }),
+    maxClockOffsetMs: offset === undefined
+      ? DEFAULT_MAX_CLOCK_OFFSET_MS
+      : parseNumber(offset, src("max-clock-offset-ms"), { min: 1, max: MAX_CLAIM_AGE_LIMIT_MS }),
+    id,
+    logLevel: level === undefined ? "info" : parseLogLevel(level),
   };
+  // Paths last: everything else is checked without touching the file system.
+  const hasPaths = keyringText !== undefined || pulseKeyringText !== undefined ||
+    NATS_FILES.some((k) => config.nats?.[k] !== undefined);
+  if (hasPaths) {
+    const dir = callerDirectory(env);
+    const resolve = (p: string) => isAbsolutePath(p) ? p : joinPath(dir, p);
+    if (keyringText !== undefined) config.keyring = resolve(keyringText);
+    if (pulseKeyringText !== undefined) config.pulseKeyring = resolve(pulseKeyringText);
+    if (config.nats) {
+      const nats: NatsBusOptions = { ...config.nats };
+      for (const k of NATS_FILES) {
+        const p = nats[k];
+        if (p !== undefined) nats[k] = resolve(p);
+      }
+      config.nats = nats;
+    }
+  }
+  return { help: false, config };
 }
 
 /** Where {@linkcode runReverbCli} writes and how it waits for a stop request. */
 export interface ReverbCliIo {
   /** Writes text to standard output. */
   stdout: (text: string) => void;
-  /** Writes one log line (no newline) to standard error. */
+  /** Writes one line (no newline) to standard error: a JSON log line or a `reverb:` message. */
   stderr: (line: string) => void;
   /** Resolves when the process is asked to stop (SIGINT/SIGTERM). */
   stopRequested: Promise<unknown>;
 }
 
+// Secrets shorter than this are not masked: replacing a 2-character password everywhere would
+// garble every line, and such a password is no protection anyway.
+const MIN_MASKED_SECRET = 4;
+
+/** The secrets given as settings: a password, a token, credentials in a URL. */
+function secretsOf(nats: NatsBusOptions | undefined): string[] {
+  if (nats === undefined) return [];
+  const out = [nats.pass, nats.token];
+  const servers = Array.isArray(nats.servers) ? nats.servers : [nats.servers];
+  for (const url of servers) {
+    if (redactUrl(url) === url) continue;
+    const rest = url.replace(/^[A-Za-z][A-Za-z0-9+.-]*:\/\//, "");
+    const userinfo = rest.slice(0, rest.lastIndexOf("@"));
+    const colon = userinfo.indexOf(":");
+    const secret = colon >= 0 ? userinfo.slice(colon + 1) : userinfo;
+    out.push(secret);
+    try {
+      out.push(decodeURIComponent(secret));
+    } catch { /* not percent-encoded */ }
+  }
+  const secrets = out.filter((s): s is string => s !== undefined && s.length >= MIN_MASKED_SECRET);
+  // Longest first: a secret containing another is masked whole.
+  return [...new Set(secrets)].sort((a, b) => b.length - a.length);
+}
+
+/** A writer that masks the given secrets (and their JSON-escaped forms) in every line. */
+function scrubbing(write: (line: string) => void, secrets: readonly string[]): (l: string) => void {
+  if (secrets.length === 0) return write;
+  const forms = [...new Set(secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]))];
+  return (line) => {
+    let out = line;
+    for (const s of forms) out = out.replaceAll(s, "***");
+    write(out);
+  };
+}
+
+function messageOf(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  // One line, whatever the cause said.
+  return text.replace(/\s*\n\s*/g, "; ");
+}
+
 /**
- * Runs the reverb command until a stop is requested: reverb, and its HTTP server unless
- * `--http off`.
+ * Runs the reverb command until a stop is requested: connects to NATS (unless on the embedded
+ * bus), listens for HTTP (unless `--http off`), then starts reverb. The port is bound before
+ * reverb starts, so a taken port fails before reverb competes for the active role.
  *
  * @param args Command-line arguments.
  * @param env Environment variables.
  * @param io Output and the stop signal.
- * @returns The exit code: 0 after a clean stop or `--help`, 2 on bad flags, 1 when reverb
- * cannot start.
+ * @returns The exit code: 0 after a clean stop or `--help`, 2 on a bad command line, 1 when
+ * reverb cannot start (one line `reverb: <reason>` on stderr).
  *
  * @example Print the help
  * ```ts ignore
@@ -258,28 +363,32 @@ export async function runReverbCli(
   try {
     parsed = parseReverbArgs(args, env);
   } catch (error) {
-    io.stderr(`error: ${(error as Error).message}\n\nRun with --help for usage.`);
-    return 2;
+    if (error instanceof TypeError || error instanceof RangeError) {
+      io.stderr(`reverb: ${messageOf(error)}`);
+      io.stderr("Run with --help for usage.");
+      return 2;
+    }
+    io.stderr(`reverb: ${messageOf(error)}`);
+    return 1;
   }
   if (parsed.help) {
     io.stdout(REVERB_USAGE);
     return 0;
   }
   const c = parsed.config;
+  const write = scrubbing(io.stderr, secretsOf(c.nats));
   const logger = new JsonLogger({
     level: c.logLevel,
-    write: io.stderr,
+    write,
     fields: { service: "reverb", cluster: c.clusterId },
   });
   let bus: NatsBusLike | undefined;
   let reverb: Reverb | undefined;
   let http: ReverbHttpServer | undefined;
   try {
-    if (c.natsServers.length > 0) {
-      bus = await connectNatsBus({
-        servers: [...c.natsServers],
-        name: `reverb ${c.id ?? ""}`.trim(),
-      });
+    if (c.nats) {
+      bus = await connectNatsBus({ ...c.nats, name: `backbeat-reverb${c.id ? `-${c.id}` : ""}` });
+      logger.info("connected to NATS", { url: bus.url });
     }
     reverb = new Reverb({
       clusterId: c.clusterId,
@@ -293,16 +402,26 @@ export async function runReverbCli(
       maxClaimBytes: c.maxClaimBytes,
       maxClaimAgeMs: c.maxClaimAgeMs,
       maxClockOffsetMs: c.maxClockOffsetMs,
+      replicas: c.replicas,
       logger,
     });
-    await reverb.start();
     if (c.http) {
-      http = serveReverbHttp(reverb, { ...c.http, logger });
-      logger.info("serving http", { url: http.url });
+      try {
+        http = serveReverbHttp(reverb, { ...c.http, logger });
+      } catch (error) {
+        const how = c.httpSource === "BACKBEAT_REVERB_HTTP"
+          ? "BACKBEAT_REVERB_HTTP or --http HOST:PORT"
+          : "--http HOST:PORT";
+        throw new Error(`${messageOf(error)} (change it with ${how})`, { cause: error });
+      }
     }
+    await reverb.start();
+    // Logged once reverb runs too: whoever waits for this line finds the whole service up.
+    if (http) logger.info("serving http", { url: http.url });
   } catch (error) {
-    logger.error("cannot start reverb", { error: (error as Error).message });
+    write(`reverb: ${messageOf(error)}`);
     await reverb?.stop();
+    await http?.shutdown();
     await bus?.close();
     return 1;
   }

@@ -8,8 +8,12 @@ import type { BeatObservation } from "./_aggregate.ts";
 import { renderReverbMetrics } from "./_metrics.ts";
 import type { Reverb } from "./_reverb.ts";
 
-/** Event streams served at once; more get 503. */
+/** Default of {@linkcode ReverbHttpOptions.maxEventStreams}. */
 export const MAX_SSE_CLIENTS = 256;
+/** Default of {@linkcode ReverbHttpOptions.maxEventStreamsPerAddress}. */
+export const MAX_SSE_CLIENTS_PER_ADDRESS = 8;
+/** Seconds a refused event-stream client is asked to wait (`retry-after`). */
+const SSE_RETRY_AFTER_S = 10;
 /** Events queued for one slow event-stream client before it is dropped. */
 export const MAX_SSE_BACKLOG = 512;
 const KEEPALIVE_MS = 15_000;
@@ -30,6 +34,14 @@ export interface ReverbHttpOptions {
   logger?: Logger;
   /** Times the event streams' keepalive comments. @default {new SystemClock()} */
   clock?: Clock;
+  /** Event streams (`/events`) served at once; more get 503. @default {256} */
+  maxEventStreams?: number;
+  /**
+   * Event streams served at once to one client address, so one client cannot take them all;
+   * more get 429. Behind a reverse proxy every client has the proxy's address: raise it there.
+   * @default {8}
+   */
+  maxEventStreamsPerAddress?: number;
 }
 
 /** A running HTTP server of a reverb. */
@@ -102,6 +114,102 @@ function limitOf(url: URL, max: number): number {
 interface SseClient {
   controller: ReadableStreamDefaultController<Uint8Array>;
   closed: boolean;
+  address: string;
+}
+
+function addressText(hostname: string, port: number): string {
+  return `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+}
+
+// Deno's listen failures, and what they mean in a message.
+const LISTEN_FAILURES: ReadonlyArray<
+  readonly [new (message?: string, options?: ErrorOptions) => Error, string]
+> = [
+  [Deno.errors.AddrInUse, "address in use"],
+  [Deno.errors.AddrNotAvailable, "address not available on this machine"],
+  [Deno.errors.PermissionDenied, "permission denied (ports below 1024 need privileges)"],
+  [Deno.errors.NotCapable, "not allowed (run with --allow-net)"],
+];
+
+// Deno's own messages ("Address already in use (os error 98)") name no address; the caller
+// (a CLI) adds how to change it. The same class, so a caller that tells a taken port from other
+// failures keeps working.
+function listenError(error: unknown, where: string): Error {
+  const known = LISTEN_FAILURES.find(([kind]) => error instanceof kind);
+  const reason = known?.[1] ?? (error instanceof Error ? error.message : String(error));
+  const Kind = known?.[0] ?? Error;
+  return new Kind(`Cannot listen on ${where}: ${reason}`, { cause: error });
+}
+
+// One client reaching a dual-stack server over IPv4 shows up as ::ffff:a.b.c.d: the same client.
+function clientAddress(addr: Deno.Addr): string {
+  const host = (addr as Deno.NetAddr).hostname ?? addr.transport;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
+  return mapped ? mapped[1] : host;
+}
+
+/**
+ * Event-stream slots: at most `max` in all and `perAddress` per client address. Internal to this
+ * folder (exported for its tests).
+ */
+export class StreamSlots {
+  readonly #max: number;
+  readonly #perAddress: number;
+  readonly #byAddress = new Map<string, number>();
+  #total = 0;
+
+  /**
+   * @param max Slots in all.
+   * @param perAddress Slots per client address.
+   */
+  constructor(max: number, perAddress: number) {
+    this.#max = max;
+    this.#perAddress = perAddress;
+  }
+
+  /** Slots taken. */
+  get total(): number {
+    return this.#total;
+  }
+
+  /**
+   * Takes a slot for `address`.
+   *
+   * @param address The client address.
+   * @returns `"ok"` (taken), or why not: the address's share or the total is used up.
+   */
+  take(address: string): "ok" | "address_full" | "full" {
+    // The per-address cap first: a client over its own share is told so, not that the server
+    // is full.
+    const n = this.#byAddress.get(address) ?? 0;
+    if (n >= this.#perAddress) return "address_full";
+    if (this.#total >= this.#max) return "full";
+    this.#byAddress.set(address, n + 1);
+    this.#total++;
+    return "ok";
+  }
+
+  /**
+   * Gives back a slot taken for `address` (once per successful take).
+   *
+   * @param address The client address.
+   */
+  release(address: string): void {
+    const n = this.#byAddress.get(address);
+    if (n === undefined) return;
+    // An address leaves the map with its last slot: the map never outgrows the open streams.
+    if (n > 1) this.#byAddress.set(address, n - 1);
+    else this.#byAddress.delete(address);
+    this.#total--;
+  }
+}
+
+function positiveInteger(value: number | undefined, fallback: number, name: string): number {
+  const n = value ?? fallback;
+  if (!Number.isInteger(n) || n < 1) {
+    throw new RangeError(`Invalid ${name} ${value}: expected an integer >= 1`);
+  }
+  return n;
 }
 
 const encoder = new TextEncoder();
@@ -112,10 +220,19 @@ const encoder = new TextEncoder();
  * and the dashboard at `/`. It does not stop with the reverb: shut it down after `reverb.stop()`
  * (readiness answers "stopping" meanwhile).
  *
+ * The event streams are capped twice: at `maxEventStreams` in all (more get 503) and at
+ * `maxEventStreamsPerAddress` per client address (more get 429), both with `retry-after`.
+ *
+ * It may serve a reverb before `reverb.start()` (readiness answers "not started" meanwhile), so
+ * a taken port can be found before the reverb competes for the active role.
+ *
  * @param reverb The reverb to serve.
- * @param options Address, logger and clock.
+ * @param options Address, logger, clock and event-stream caps.
  * @returns The running server.
- * @throws {Deno.errors.AddrInUse} When the port is taken.
+ * @throws {Deno.errors.AddrInUse} When the address is taken, as
+ * `Cannot listen on 127.0.0.1:8081: address in use` (other listen failures keep their Deno
+ * error class, with the address in the message too).
+ * @throws {RangeError} When an event-stream cap is not an integer >= 1.
  *
  * @example Serve a reverb on a free port
  * ```ts
@@ -131,13 +248,26 @@ const encoder = new TextEncoder();
 export function serveReverbHttp(reverb: Reverb, options: ReverbHttpOptions = {}): ReverbHttpServer {
   const logger = options.logger ?? silentLogger;
   const clock = options.clock ?? new SystemClock();
+  const maxStreams = positiveInteger(options.maxEventStreams, MAX_SSE_CLIENTS, "maxEventStreams");
+  const maxPerAddress = positiveInteger(
+    options.maxEventStreamsPerAddress,
+    MAX_SSE_CLIENTS_PER_ADDRESS,
+    "maxEventStreamsPerAddress",
+  );
   const clients = new Set<SseClient>();
+  const slots = new StreamSlots(maxStreams, maxPerAddress);
   let closing: Promise<void> | undefined;
 
-  const drop = (c: SseClient) => {
+  // Every way a stream ends comes here once: the count per address stays exact.
+  const forget = (c: SseClient) => {
     if (c.closed) return;
     c.closed = true;
     clients.delete(c);
+    slots.release(c.address);
+  };
+  const drop = (c: SseClient) => {
+    if (c.closed) return;
+    forget(c);
     try {
       c.controller.close();
     } catch { /* already closed */ }
@@ -170,25 +300,37 @@ export function serveReverbHttp(reverb: Reverb, options: ReverbHttpOptions = {})
     cancelKeepalive = clock.schedule(clock.now() + KEEPALIVE_MS, keepalive);
   };
 
-  const events = (): Response => {
+  const refuse = (status: number, error: string): Response => {
+    const r = json({ error }, status);
+    r.headers.set("retry-after", String(SSE_RETRY_AFTER_S));
+    return r;
+  };
+
+  const events = (address: string): Response => {
     if (closing) return json({ error: "shutting down" }, 503);
-    if (clients.size >= MAX_SSE_CLIENTS) {
-      return json({ error: `too many event streams (max ${MAX_SSE_CLIENTS})` }, 503);
+    // Before the slot is taken: nothing after it can throw, so no slot leaks.
+    const first = encoder.encode(
+      `retry: 2000\nevent: status\ndata: ${JSON.stringify(reverb.status())}\n\n`,
+    );
+    const slot = slots.take(address);
+    if (slot === "address_full") {
+      return refuse(
+        429,
+        `too many event streams from ${address} (at most ${maxPerAddress} per client address)`,
+      );
+    }
+    if (slot === "full") {
+      return refuse(503, `too many event streams (at most ${maxStreams}): try again later`);
     }
     let client: SseClient;
     const body = new ReadableStream<Uint8Array>({
       start(controller) {
-        client = { controller, closed: false };
+        client = { controller, closed: false, address };
         clients.add(client);
-        controller.enqueue(
-          encoder.encode(
-            `retry: 2000\nevent: status\ndata: ${JSON.stringify(reverb.status())}\n\n`,
-          ),
-        );
+        controller.enqueue(first);
       },
       cancel() {
-        client.closed = true;
-        clients.delete(client);
+        forget(client);
       },
     }, new CountQueuingStrategy({ highWaterMark: 0 }));
     return new Response(body, {
@@ -201,7 +343,7 @@ export function serveReverbHttp(reverb: Reverb, options: ReverbHttpOptions = {})
     });
   };
 
-  const handler = async (req: Request): Promise<Response> => {
+  const handler = async (req: Request, info: Deno.ServeHandlerInfo): Promise<Response> => {
     const url = new URL(req.url);
     const path = url.pathname;
     if (req.method !== "GET" && req.method !== "HEAD") {
@@ -240,7 +382,7 @@ export function serveReverbHttp(reverb: Reverb, options: ReverbHttpOptions = {})
         case "/api/v1/status":
           return json(reverb.status());
         case "/events":
-          return events();
+          return events(clientAddress(info.remoteAddr));
       }
       const asset = ASSETS[path];
       if (asset) {
@@ -261,15 +403,22 @@ export function serveReverbHttp(reverb: Reverb, options: ReverbHttpOptions = {})
     }
   };
 
-  const server = Deno.serve({
-    hostname: options.hostname ?? DEFAULT_REVERB_HTTP_HOSTNAME,
-    port: options.port ?? DEFAULT_REVERB_HTTP_PORT,
-    onListen: () => {},
-    onError: (error) => {
-      logger.error("http error", { error: (error as Error).message });
-      return json({ error: "internal error" }, 500);
-    },
-  }, handler);
+  const hostname = options.hostname ?? DEFAULT_REVERB_HTTP_HOSTNAME;
+  const port = options.port ?? DEFAULT_REVERB_HTTP_PORT;
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve({
+      hostname,
+      port,
+      onListen: () => {},
+      onError: (error) => {
+        logger.error("http error", { error: (error as Error).message });
+        return json({ error: "internal error" }, 500);
+      },
+    }, handler);
+  } catch (error) {
+    throw listenError(error, addressText(hostname, port));
+  }
   // Attached once listening, so a taken port leaves nothing behind on the reverb.
   reverb.addEventListener("beat", onBeat);
   reverb.addEventListener("report", onReport);

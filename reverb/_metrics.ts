@@ -1,4 +1,13 @@
-import { PrometheusWriter } from "../service/mod.ts";
+// Reverb's /metrics: the Prometheus text format (0.0.4). Every sample carries a `cluster` label,
+// so one Prometheus can scrape the reverbs of several clusters without relabelling; values are in
+// base units (seconds, not milliseconds).
+//
+// service's PrometheusWriter heads every sample with its own HELP and TYPE, so a family with one
+// sample per reason would repeat them, which the format forbids. The small writer below keeps
+// one head per family and puts all its samples under it. It belongs in service/ (pulse needs
+// the same); until it moves there it lives here.
+
+import type { HistogramSnapshot, MetricLabels } from "../service/mod.ts";
 import { REJECT_REASONS } from "./_intake.ts";
 import { FRAME_REJECT_REASONS, type ReverbMetrics } from "./_reverb.ts";
 
@@ -19,23 +28,113 @@ const VERIFY_EXPORT_BOUNDS: readonly number[] = [
   1,
 ];
 
-const REJECTED = "backbeat_reverb_claims_rejected_total";
-const FRAMES_REJECTED = "backbeat_reverb_frames_rejected_total";
+/** One sample of a family: its own labels (beside the writer's) and its value. */
+type Sample = readonly [labels: MetricLabels, value: number];
 
-// One family with a sample per reason: the writer heads every sample with its own HELP/TYPE.
-function family(
-  name: string,
-  help: string,
-  reasons: readonly string[],
-  values: Readonly<Record<string, number>>,
-): string {
-  const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} counter`];
-  for (const r of reasons) lines.push(`${name}{reason="${r}"} ${values[r] ?? 0}`);
-  return lines.join("\n") + "\n";
+function escapeLabel(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function escapeHelp(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
+}
+
+function formatValue(v: number): string {
+  if (Number.isNaN(v)) return "NaN";
+  if (v === Infinity) return "+Inf";
+  if (v === -Infinity) return "-Inf";
+  return String(v);
 }
 
 /**
- * Renders reverb's metrics in the Prometheus text format (0.0.4).
+ * Writes metric families: one `# HELP` and `# TYPE` per family, then its samples, each with the
+ * writer's base labels first. A family written twice is a bug (the output would be invalid), so
+ * it throws.
+ */
+class FamilyWriter {
+  readonly #base: MetricLabels;
+  readonly #lines: string[] = [];
+  readonly #names = new Set<string>();
+
+  constructor(base: MetricLabels) {
+    this.#base = base;
+  }
+
+  #labels(labels: MetricLabels, extra?: string): string {
+    const parts = Object.entries({ ...this.#base, ...labels }).map(
+      ([k, v]) => `${k}="${escapeLabel(v)}"`,
+    );
+    if (extra !== undefined) parts.push(extra);
+    return parts.length > 0 ? `{${parts.join(",")}}` : "";
+  }
+
+  #head(name: string, help: string, type: "counter" | "gauge" | "histogram"): void {
+    if (this.#names.has(name)) throw new Error(`metric family ${name} written twice`);
+    this.#names.add(name);
+    this.#lines.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
+  }
+
+  #family(
+    type: "counter" | "gauge",
+    name: string,
+    help: string,
+    samples: number | readonly Sample[],
+  ): this {
+    this.#head(name, help, type);
+    const list: readonly Sample[] = typeof samples === "number" ? [[{}, samples]] : samples;
+    for (const [labels, value] of list) {
+      this.#lines.push(`${name}${this.#labels(labels)} ${formatValue(value)}`);
+    }
+    return this;
+  }
+
+  counter(name: string, help: string, samples: number | readonly Sample[]): this {
+    return this.#family("counter", name, help, samples);
+  }
+
+  gauge(name: string, help: string, samples: number | readonly Sample[]): this {
+    return this.#family("gauge", name, help, samples);
+  }
+
+  // `exportBounds` (a subset of the snapshot's bounds) keeps the exposition short while the
+  // histogram itself stays fine-grained.
+  histogram(
+    name: string,
+    help: string,
+    s: HistogramSnapshot,
+    exportBounds: readonly number[],
+  ): this {
+    this.#head(name, help, "histogram");
+    const wanted = new Set(exportBounds);
+    let cumulative = 0;
+    for (let i = 0; i < s.bounds.length; i++) {
+      cumulative += s.counts[i];
+      if (!wanted.has(s.bounds[i])) continue;
+      this.#lines.push(
+        `${name}_bucket${this.#labels({}, `le="${formatValue(s.bounds[i])}"`)} ${cumulative}`,
+      );
+    }
+    this.#lines.push(`${name}_bucket${this.#labels({}, 'le="+Inf"')} ${s.count}`);
+    this.#lines.push(`${name}_sum${this.#labels({})} ${formatValue(s.sum)}`);
+    this.#lines.push(`${name}_count${this.#labels({})} ${s.count}`);
+    return this;
+  }
+
+  toString(): string {
+    return this.#lines.join("\n") + "\n";
+  }
+}
+
+function byReason(
+  reasons: readonly string[],
+  values: Readonly<Record<string, number>>,
+): Sample[] {
+  return reasons.map((reason) => [{ reason }, values[reason] ?? 0]);
+}
+
+/**
+ * Renders reverb's metrics in the Prometheus text format (0.0.4): one `# HELP` and `# TYPE` per
+ * family, every sample labelled `cluster="<cluster id>"`, times in seconds.
  *
  * @param m A snapshot from {@linkcode Reverb.metrics}.
  * @returns The exposition text.
@@ -44,17 +143,22 @@ function family(
  * ```ts
  * import { renderReverbMetrics, Reverb } from "@chorus/backbeat/reverb";
  * const reverb = new Reverb({ clusterId: "dev" });
- * console.log(renderReverbMetrics(reverb.metrics()).includes("backbeat_reverb_active 0")); // true
+ * console.log(renderReverbMetrics(reverb.metrics()).includes('backbeat_reverb_active{cluster="dev"} 0')); // true
  * await reverb.stop();
  * ```
  */
 export function renderReverbMetrics(m: ReverbMetrics): string {
-  const text = new PrometheusWriter()
+  return new FamilyWriter({ cluster: m.clusterId })
     .counter("backbeat_reverb_claims_accepted_total", "Status claims accepted.", m.claimsAccepted)
     .counter(
       "backbeat_reverb_claims_signed_total",
       "Accepted status claims that carried a verified signature.",
       m.claimsSigned,
+    )
+    .counter(
+      "backbeat_reverb_claims_rejected_total",
+      "Status claims rejected, by reason (late: accepted for the agent, after its window closed).",
+      byReason(REJECT_REASONS, m.claimsRejected),
     )
     .histogram(
       "backbeat_reverb_verify_seconds",
@@ -100,6 +204,11 @@ export function renderReverbMetrics(m: ReverbMetrics): string {
       m.framesStale,
     )
     .counter(
+      "backbeat_reverb_frames_rejected_total",
+      "Beat frames refused, by reason.",
+      byReason(FRAME_REJECT_REASONS, m.framesRejected),
+    )
+    .counter(
       "backbeat_reverb_frames_verified_total",
       "Beat frames followed whose signature was verified against the pulse keyring.",
       m.framesVerified,
@@ -143,9 +252,9 @@ export function renderReverbMetrics(m: ReverbMetrics): string {
     .gauge("backbeat_reverb_active", "1 when this reverb publishes reports.", m.active ? 1 : 0)
     .gauge("backbeat_reverb_tempo_bpm", "Tempo of the latest beat.", m.tempoBpm)
     .gauge(
-      "backbeat_reverb_tempo_drift_ms",
+      "backbeat_reverb_tempo_drift_seconds",
       "Arrival of the latest beat minus its announced schedule (positive = behind).",
-      m.tempoDriftMs,
+      m.tempoDriftMs / 1000,
     )
     .counter(
       "backbeat_reverb_verify_offloaded_total",
@@ -171,17 +280,4 @@ export function renderReverbMetrics(m: ReverbMetrics): string {
       m.historyStreamReady ? 1 : 0,
     )
     .toString();
-  return text +
-    family(
-      REJECTED,
-      "Status claims rejected, by reason (late: accepted for the agent, after its window closed).",
-      REJECT_REASONS,
-      m.claimsRejected,
-    ) +
-    family(
-      FRAMES_REJECTED,
-      "Beat frames refused, by reason.",
-      FRAME_REJECT_REASONS,
-      m.framesRejected,
-    );
 }

@@ -111,6 +111,12 @@ const DEFAULT_VERIFY_WORKERS: number = Math.max(
   Math.min(4, (globalThis.navigator?.hardwareConcurrency ?? 1) - 1),
 );
 const DEFAULT_SUMMARY_INTERVAL_MS = 500;
+/** The claims rate's sliding window: at 30 BPM an agent claims every 2 s, so 30 s smooths it. */
+const RATE_WINDOW_MS = 30_000;
+/** Spacing of the window's samples: about 31 of them, whatever the summary interval. */
+const RATE_SAMPLE_MS = 1_000;
+/** Most JetStream replicas. */
+const MAX_REPLICAS = 5;
 /** Reports computed while standby, kept for a takeover. */
 const MAX_SHADOW_REPORTS = 16;
 /** Wait before trying an unavailable history stream again. */
@@ -219,6 +225,15 @@ export interface ReverbOptions {
   ha?: boolean;
   /** Lease time to live in ms (50 to 60000). @default {600, the KV lease's own default} */
   leaseTtlMs?: number;
+  /**
+   * JetStream replicas (1 to 5) of the KV bucket (lease and replay marks) and of the history
+   * stream (NATS only): 3 on a cluster of 3 or more, so both outlive a node. An existing bucket
+   * or stream with fewer replicas is scaled up. When the cluster cannot hold them, the bucket
+   * fails the start (with `ha`; without it the replay marks stay in memory) and the stream stays
+   * unavailable (retried), each with an error that says so.
+   * @default {1}
+   */
+  replicas?: number;
   /** How often a claims summary event is dispatched, in ms. @default {500} */
   summaryIntervalMs?: number;
   /**
@@ -249,6 +264,8 @@ export interface ReverbEventMap {
 
 /** A snapshot of reverb's counters, for {@linkcode renderReverbMetrics}. */
 export interface ReverbMetrics {
+  /** The cluster (the `cluster` label of every metric). */
+  readonly clusterId: string;
   /** Status claims accepted. */
   readonly claimsAccepted: number;
   /** Accepted claims that carried a verified signature. */
@@ -325,8 +342,15 @@ export interface ClaimsSummary {
   accepted: number;
   /** Claims rejected since start, by reason. */
   rejected: Record<RejectReason, number>;
-  /** Accepted claims per second over the last interval. */
+  /** Accepted claims per second over the last summary interval (jumpy at slow tempos). */
   accepted_per_second: number;
+  /**
+   * Accepted claims per second over the last `rate_window_seconds`, a sliding window of up to
+   * 30 s: steady also at slow tempos, where an agent claims once every few seconds.
+   */
+  accepted_rate_per_second: number;
+  /** Seconds `accepted_rate_per_second` covers: 30 once reverb has run that long, less before. */
+  rate_window_seconds: number;
   /** Agents tracked. */
   agents_tracked: number;
   /** Verifications running. */
@@ -518,10 +542,14 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   #kv: KvLease | undefined;
   #active = false;
   #started = false;
+  // Started all the way: a start that failed half-way logs no "reverb stopped".
+  #running = false;
   #stopping: Promise<void> | undefined;
   #summaryCancel: (() => void) | undefined;
   #lastAccepted = 0;
   #lastSummaryAt = 0;
+  // (time, accepted) samples of the claims rate's sliding window, oldest first.
+  #rateSamples: Array<{ at: number; accepted: number }> = [];
   #summary: ClaimsSummary;
   #beats = 0;
   #framesInvalid = 0;
@@ -560,6 +588,12 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     this.#historySize = options.historySize ?? DEFAULT_HISTORY_SIZE;
     if (!(Number.isInteger(this.#historySize) && this.#historySize > 0)) {
       throw new RangeError(`Invalid historySize ${options.historySize}: expected an integer > 0`);
+    }
+    const replicas = options.replicas ?? 1;
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+      throw new RangeError(
+        `Invalid replicas ${options.replicas}: expected an integer from 1 to ${MAX_REPLICAS}`,
+      );
     }
     const maxAge = options.maxClaimAgeMs ?? DEFAULT_MAX_CLAIM_AGE_MS;
     const maxOffset = options.maxClockOffsetMs ?? DEFAULT_MAX_CLOCK_OFFSET_MS;
@@ -627,7 +661,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
         this.#claimLog.add(reason, agentId === undefined ? undefined : { agent_id: agentId });
       },
     });
-    this.#summary = this.#makeSummary(0);
+    this.#summary = this.#makeSummary(this.#clock.now(), 0);
   }
 
   /**
@@ -694,6 +728,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     this.#started = true;
     try {
       await this.#startInner();
+      this.#running = true;
     } catch (err) {
       await this.stop();
       throw err;
@@ -750,6 +785,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
           holderId: this.id,
           // Reverb's HA takes over as fast as pulse's: the lease's own default is the one fact.
           ttlMs: o.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
+          replicas: o.replicas ?? 1,
           clock: this.#clock,
         });
       } catch (error) {
@@ -806,6 +842,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
         subject: this.#subjects.bar,
         maxAgeMs: o.historyMaxAgeMs ?? DEFAULT_HISTORY_MAX_AGE_MS,
         maxMsgs: o.historyMaxMsgs ?? DEFAULT_HISTORY_MAX_MSGS,
+        replicas: o.replicas ?? 1,
         logger: this.#logger,
         clock: this.#clock,
       });
@@ -1041,10 +1078,13 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
   #armSummary(): void {
     const every = this.#options.summaryIntervalMs ?? DEFAULT_SUMMARY_INTERVAL_MS;
     this.#lastSummaryAt = this.#clock.now();
+    // The window starts now: the time between construction and start saw no claims, and would
+    // dilute the rate.
+    this.#rateSamples = [{ at: this.#lastSummaryAt, accepted: this.#intake.stats.accepted }];
     const tick = () => {
       if (this.#stopping) return;
       const now = this.#clock.now();
-      this.#summary = this.#makeSummary(now - this.#lastSummaryAt);
+      this.#summary = this.#makeSummary(now, now - this.#lastSummaryAt);
       this.#lastSummaryAt = now;
       this.dispatchEvent(new CustomEvent<ClaimsSummary>("claims", { detail: this.#summary }));
       this.#summaryCancel = this.#clock.schedule(now + every, tick);
@@ -1057,14 +1097,25 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     return { ...this.#intake.stats.rejected, late: this.#aggregator.lateClaims };
   }
 
-  #makeSummary(elapsedMs: number): ClaimsSummary {
+  #makeSummary(now: number, elapsedMs: number): ClaimsSummary {
     const s = this.#intake.stats;
     const rate = elapsedMs > 0 ? (s.accepted - this.#lastAccepted) / (elapsedMs / 1000) : 0;
     this.#lastAccepted = s.accepted;
+    const samples = this.#rateSamples;
+    const last = samples.at(-1);
+    if (last === undefined || now - last.at >= RATE_SAMPLE_MS) {
+      samples.push({ at: now, accepted: s.accepted });
+    }
+    // Keep the newest sample at or before the window's start, so the window is covered whole.
+    while (samples.length > 1 && samples[1].at <= now - RATE_WINDOW_MS) samples.shift();
+    const span = now - samples[0].at;
+    const windowRate = span > 0 ? (s.accepted - samples[0].accepted) / (span / 1000) : 0;
     return {
       accepted: s.accepted,
       rejected: this.#rejected(),
       accepted_per_second: Math.round(rate * 10) / 10,
+      accepted_rate_per_second: Math.round(windowRate * 10) / 10,
+      rate_window_seconds: Math.round(span / 100) / 10,
       agents_tracked: this.#aggregator.agentCount,
       in_flight: s.inFlight,
       queued: s.queued,
@@ -1219,6 +1270,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     const agg = this.#aggregator;
     const replay = this.#replay.stats;
     return {
+      clusterId: this.clusterId,
       claimsAccepted: s.accepted,
       claimsSigned: s.signed,
       claimsRejected: this.#rejected(),
@@ -1289,7 +1341,7 @@ export class Reverb extends IsolatedEventTarget<ReverbEventMap> {
     this.#reportLog.stop();
     this.#storeLog.stop();
     if (this.#ownsBus) await this.#bus.close();
-    if (this.#started) this.#logger.info("reverb stopped", { id: this.id });
+    if (this.#running) this.#logger.info("reverb stopped", { id: this.id });
   }
 
   /**

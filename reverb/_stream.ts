@@ -25,6 +25,13 @@ export interface BarStreamOpenOptions {
   maxAgeMs: number;
   /** Reports kept at most. */
   maxMsgs: number;
+  /**
+   * Copies JetStream keeps (`num_replicas`, 1 to 5): 3 on a cluster of 3 or more, so the history
+   * outlives a node. An existing stream with fewer is scaled up to this; one with more is left
+   * as it is (another reverb, or the operator, asked for them).
+   * @default {1}
+   */
+  replicas?: number;
   /** Where failures are logged. */
   logger: Logger;
   /** Times store retries and the bounded wait of {@linkcode BarStream.close}. */
@@ -36,6 +43,8 @@ export const MAX_PENDING_REPORTS = 256;
 const RETRY_MS = 1_000;
 const CLOSE_WAIT_MS = 2_000;
 const NS_PER_MS = 1_000_000;
+/** Most replicas a JetStream stream can have. */
+const MAX_REPLICAS = 5;
 
 interface Pending {
   data: Uint8Array;
@@ -93,15 +102,24 @@ export class BarStream {
   }
 
   /**
-   * Creates the stream, or brings an existing one's limits in line.
+   * Creates the stream, or brings an existing one's limits in line and scales its replicas up
+   * to `replicas`.
    *
    * @param connection A nats.js `NatsConnection`.
-   * @param options Name, subject, limits.
+   * @param options Name, subject, limits, replicas.
    * @returns The stream handle.
-   * @throws {BackbeatError} `connection` when JetStream is unavailable or refuses the stream.
+   * @throws {RangeError} When `replicas` is not an integer from 1 to 5.
+   * @throws {BackbeatError} `connection` when JetStream is unavailable or refuses the stream, or
+   * when the cluster cannot hold the replicas asked for (the message says how many it has).
    */
   static async open(connection: unknown, options: BarStreamOpenOptions): Promise<BarStream> {
     const nc = connection as NatsConnection;
+    const replicas = options.replicas ?? 1;
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+      throw new RangeError(
+        `Invalid replicas ${options.replicas}: expected an integer from 1 to ${MAX_REPLICAS}`,
+      );
+    }
     const config = {
       name: options.name,
       subjects: [options.subject],
@@ -112,7 +130,7 @@ export class BarStream {
       max_msgs: options.maxMsgs,
       // Two reverbs may publish the same window around a takeover: the window id dedupes.
       duplicate_window: Math.min(options.maxAgeMs, 10 * 60_000) * NS_PER_MS,
-      num_replicas: 1,
+      num_replicas: replicas,
     };
     try {
       const jsm = await jetstreamManager(nc, { timeout: 5_000 });
@@ -137,6 +155,23 @@ export class BarStream {
             duplicate_window: config.duplicate_window,
           });
         }
+        const has = c.num_replicas ?? 1;
+        if (has < replicas) {
+          // Fatal for this attempt, not silently fewer copies: the operator asked for copies
+          // that outlive a node. (Reverb retries the stream, so it may succeed once the
+          // cluster's nodes are back.)
+          try {
+            await jsm.streams.update(options.name, { num_replicas: replicas });
+          } catch (cause) {
+            throw new BackbeatError(
+              "connection",
+              `Cannot open JetStream stream ${options.name}: it has ${has} replica(s), and scaling it to ${replicas} failed: ${
+                (cause as Error).message
+              }`,
+              { cause },
+            );
+          }
+        }
       }
       return new BarStream(
         options.name,
@@ -147,6 +182,7 @@ export class BarStream {
         options.clock,
       );
     } catch (cause) {
+      if (cause instanceof BackbeatError) throw cause;
       throw new BackbeatError(
         "connection",
         `Cannot open JetStream stream ${options.name}: ${(cause as Error).message}`,

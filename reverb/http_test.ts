@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { HybridLogicalClock, InMemoryBus, ManualClock, Timeline } from "../core/mod.ts";
 import { makeClaim } from "../tests/reverb_helpers.ts";
 import { until } from "../tests/until.ts";
-import { serveReverbHttp } from "./_http.ts";
+import { MAX_SSE_CLIENTS_PER_ADDRESS, serveReverbHttp, StreamSlots } from "./_http.ts";
 import { Reverb } from "./_reverb.ts";
 
 const encoder = new TextEncoder();
@@ -62,7 +62,7 @@ Deno.test("reverb HTTP serves health, readiness, metrics and the JSON API", asyn
     for (
       const name of [
         "backbeat_reverb_claims_accepted_total",
-        'backbeat_reverb_claims_rejected_total{reason="bad_signature"}',
+        'backbeat_reverb_claims_rejected_total{cluster="web",reason="bad_signature"}',
         "backbeat_reverb_verify_seconds_count",
         "backbeat_reverb_reports_published_total",
         "backbeat_reverb_agents_tracked",
@@ -187,7 +187,12 @@ Deno.test("serveReverbHttp() sends event-stream keepalives on its clock and refu
       text += value;
     }
     assert.equal(clock.pending, 1, "the next keepalive is armed");
-    assert.throws(() => serveReverbHttp(reverb, { port: http.addr.port }), Deno.errors.AddrInUse);
+    assert.throws(
+      () => serveReverbHttp(reverb, { hostname: "127.0.0.1", port: http.addr.port }),
+      (e: Error) =>
+        e instanceof Deno.errors.AddrInUse &&
+        e.message === `Cannot listen on 127.0.0.1:${http.addr.port}: address in use`,
+    );
     const ready = await fetch(`${http.url}/readyz`);
     assert.equal(ready.status, 200, "the first server still serves");
     await ready.body?.cancel();
@@ -196,4 +201,95 @@ Deno.test("serveReverbHttp() sends event-stream keepalives on its clock and refu
   }
   await http.shutdown();
   assert.equal(clock.pending, 0, "shutdown cancels the keepalive");
+});
+
+// Opens an event stream and reads its first event (the status), so the server counts it.
+async function openStream(url: string): Promise<ReadableStreamDefaultReader<string>> {
+  const res = await fetch(url);
+  assert.equal(res.status, 200);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  const first = await reader.read();
+  assert.match(first.value ?? "", /event: status/);
+  return reader;
+}
+
+async function refusedWith(url: string, status: number): Promise<string> {
+  const res = await fetch(url);
+  assert.equal(res.status, status);
+  assert.equal(res.headers.get("retry-after"), "10");
+  assert.match(res.headers.get("content-type")!, /^application\/json/);
+  return (await res.json()).error;
+}
+
+Deno.test("serveReverbHttp() caps event streams per client address (429) and in all (503), and frees a slot when a stream ends", async () => {
+  await using bus = new InMemoryBus();
+  await using reverb = new Reverb({ clusterId: "caps", bus, summaryIntervalMs: 60_000 });
+  await reverb.start();
+  const open: ReadableStreamDefaultReader<string>[] = [];
+  try {
+    // The per-address share: the ninth stream from 127.0.0.1 is refused with 429.
+    await using http = serveReverbHttp(reverb, { hostname: "127.0.0.1", port: 0 });
+    const url = `${http.url}/events`;
+    for (let i = 0; i < MAX_SSE_CLIENTS_PER_ADDRESS; i++) open.push(await openStream(url));
+    assert.equal(
+      await refusedWith(url, 429),
+      `too many event streams from 127.0.0.1 (at most ${MAX_SSE_CLIENTS_PER_ADDRESS} per client address)`,
+    );
+    // A stream that ends frees its slot.
+    await open.shift()!.cancel();
+    await until(async () => {
+      const res = await fetch(url);
+      if (res.status !== 200) {
+        await res.body?.cancel();
+        return false;
+      }
+      open.push(res.body!.pipeThrough(new TextDecoderStream()).getReader());
+      return true;
+    }, { what: "the freed slot to be given again" });
+    // Other routes are never capped.
+    const ready = await fetch(`${http.url}/readyz`);
+    assert.equal(ready.status, 200);
+    await ready.body?.cancel();
+    for (const r of open.splice(0)) await r.cancel();
+
+    // The total: with room for 2 in all, the third is refused with 503.
+    await using small = serveReverbHttp(reverb, {
+      hostname: "127.0.0.1",
+      port: 0,
+      maxEventStreams: 2,
+    });
+    for (let i = 0; i < 2; i++) open.push(await openStream(`${small.url}/events`));
+    assert.equal(
+      await refusedWith(`${small.url}/events`, 503),
+      "too many event streams (at most 2): try again later",
+    );
+  } finally {
+    for (const r of open) await r.cancel().catch(() => {});
+  }
+  assert.throws(
+    () => serveReverbHttp(reverb, { port: 0, maxEventStreamsPerAddress: 0 }),
+    RangeError,
+  );
+  assert.throws(() => serveReverbHttp(reverb, { port: 0, maxEventStreams: 1.5 }), RangeError);
+});
+
+Deno.test("StreamSlots: one address's share does not hold back another's; the total caps both", () => {
+  const slots = new StreamSlots(5, 3);
+  for (let i = 0; i < 3; i++) assert.equal(slots.take("10.0.0.1"), "ok");
+  assert.equal(slots.take("10.0.0.1"), "address_full");
+  assert.equal(slots.take("10.0.0.2"), "ok");
+  assert.equal(slots.take("10.0.0.2"), "ok");
+  // Full in all: an address within its share is told the server is full...
+  assert.equal(slots.take("10.0.0.3"), "full");
+  // ...and one over its share is told that, first.
+  assert.equal(slots.take("10.0.0.1"), "address_full");
+  assert.equal(slots.total, 5);
+  slots.release("10.0.0.1");
+  assert.equal(slots.take("10.0.0.3"), "ok");
+  // Releasing an address that holds nothing changes nothing.
+  slots.release("10.9.9.9");
+  assert.equal(slots.total, 5);
+  for (const a of ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.3"]) slots.release(a);
+  assert.equal(slots.total, 0);
+  for (let i = 0; i < 3; i++) assert.equal(slots.take("10.0.0.2"), "ok");
 });

@@ -6,7 +6,8 @@
  * `BACKBEAT_<CLUSTER>_BARS` and elects one active aggregator among several reverbs through the
  * same KV lease pulse uses. {@linkcode serveReverbHttp} serves it over HTTP: health, metrics, a
  * JSON API, Server-Sent Events and a live dashboard. Run it as a process with
- * `deno run -A reverb/main.ts --help`.
+ * `deno task reverb -- --help`. Its `/metrics` labels every sample with `cluster` and gives times
+ * in seconds.
  *
  * The bus is treated as hostile (docs/security.md):
  * - **Frames.** With `pulseKeyring` only frames signed by a pulse key are followed; without it

@@ -19,7 +19,7 @@ import { MessageValidator } from "../schemas/mod.ts";
 import { hlcAt, makeClaim, signedMessage } from "../tests/reverb_helpers.ts";
 import { until } from "../tests/until.ts";
 import { renderReverbMetrics } from "./_metrics.ts";
-import { barStreamName, Reverb } from "./_reverb.ts";
+import { barStreamName, FRAME_REJECT_REASONS, Reverb } from "./_reverb.ts";
 
 const T0 = Date.parse("2030-01-01T00:00:00Z");
 const encoder = new TextEncoder();
@@ -104,10 +104,13 @@ Deno.test("Reverb publishes one schema-valid BarReport per window on the bar sub
     assert.equal(status.claims.rejected.malformed, 1);
     assert.equal(status.stream, null, "no JetStream on the embedded bus");
     const metrics = renderReverbMetrics(w.reverb.metrics());
-    assert.match(metrics, /^backbeat_reverb_claims_accepted_total 1$/m);
-    assert.match(metrics, /^backbeat_reverb_claims_rejected_total\{reason="schema"\} 1$/m);
-    assert.match(metrics, /^backbeat_reverb_reports_published_total 1$/m);
-    assert.match(metrics, /^backbeat_reverb_agents_tracked 1$/m);
+    assert.match(metrics, /^backbeat_reverb_claims_accepted_total\{cluster="dev"\} 1$/m);
+    assert.match(
+      metrics,
+      /^backbeat_reverb_claims_rejected_total\{cluster="dev",reason="schema"\} 1$/m,
+    );
+    assert.match(metrics, /^backbeat_reverb_reports_published_total\{cluster="dev"\} 1$/m);
+    assert.match(metrics, /^backbeat_reverb_agents_tracked\{cluster="dev"\} 1$/m);
     assert.equal(metrics.match(/# TYPE backbeat_reverb_claims_rejected_total/g)?.length, 1);
   } finally {
     await w.close();
@@ -306,8 +309,8 @@ Deno.test("Reverb: one forged first frame (tempo 60,000, index 10^12) publishes 
     assert.equal(m.timelineRestarts, 0);
     assert.equal(m.windowsDropped, 1, "the forgery's window, never reported");
     const text = renderReverbMetrics(m);
-    assert.match(text, /^backbeat_reverb_bars_skipped_total 0$/m);
-    assert.match(text, /^backbeat_reverb_windows_dropped_total 1$/m);
+    assert.match(text, /^backbeat_reverb_bars_skipped_total\{cluster="dev"\} 0$/m);
+    assert.match(text, /^backbeat_reverb_windows_dropped_total\{cluster="dev"\} 1$/m);
     assert.equal(text.match(/# TYPE backbeat_reverb_frames_rejected_total/g)?.length, 1);
   } finally {
     await w.close();
@@ -404,7 +407,7 @@ Deno.test("Reverb with a pulse keyring follows only frames signed by a pulse key
     assert.equal(w.reverb.status().frames.verified, true);
     assert.match(
       renderReverbMetrics(m),
-      /^backbeat_reverb_frames_rejected_total\{reason="bad_signature"\} 2$/m,
+      /^backbeat_reverb_frames_rejected_total\{cluster="dev",reason="bad_signature"\} 2$/m,
     );
   } finally {
     await w.close();
@@ -443,6 +446,139 @@ Deno.test("Reverb counts 20,000 junk frames and 20,000 junk claims by reason in 
     const rejectLines = log.lines.filter((l) => /rejected/.test(l.msg));
     assert.ok(rejectLines.length <= 4, `${rejectLines.length} log lines`);
     assert.ok(rejectLines.length >= 2, "the first of each kind is logged at once");
+  } finally {
+    await w.close();
+  }
+});
+
+Deno.test("Reverb's claims rate is a sliding window: steady at one claim every 2 s, where the interval rate reads 0", async () => {
+  const w = await world();
+  try {
+    const rates: number[] = [];
+    const windowRates: number[] = [];
+    w.reverb.addEventListener("claims", (e) => {
+      rates.push(e.detail.accepted_per_second);
+      windowRates.push(e.detail.accepted_rate_per_second);
+    });
+    // One claim every 2 s for 40 s: a 30 BPM agent.
+    for (let i = 0; i < 20; i++) {
+      await w.send(
+        "status",
+        makeClaim({ agent_id: "slow", hlc: hlcAt(w.clock.now()), beat_index: i }),
+      );
+      await w.to(w.clock.now() + 2_000);
+    }
+    const s = w.reverb.claimsSummary();
+    assert.equal(s.accepted, 20);
+    assert.equal(s.rate_window_seconds, 30, "the window is full after 30 s");
+    // 15 claims in the last 30 s (one at each even second, the window's first sample included
+    // or not depending on the phase): 0.5/s within one claim's worth.
+    assert.ok(
+      Math.abs(s.accepted_rate_per_second - 0.5) <= 1 / 30 + 0.05,
+      `${s.accepted_rate_per_second}`,
+    );
+    // Every window rate after the first few seconds is near 0.5; the interval rate is 0 three
+    // ticks out of four.
+    const late = windowRates.slice(20);
+    assert.ok(late.every((r) => r >= 0.4 && r <= 0.6), late.join(","));
+    const zeros = rates.filter((r) => r === 0).length;
+    assert.ok(zeros >= rates.length * 0.7, `${zeros} of ${rates.length} interval rates are 0`);
+  } finally {
+    await w.close();
+  }
+});
+
+// The exposition format (0.0.4), checked strictly: one HELP and TYPE per family before its
+// samples, samples of a family together, names as Prometheus allows, no series twice.
+function assertValidExposition(text: string, cluster: string): Map<string, number> {
+  assert.ok(text.endsWith("\n"), "ends in a newline");
+  const families = new Map<string, { type: string; help: boolean; done: boolean }>();
+  const series = new Map<string, number>();
+  let current: string | undefined;
+  const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+  for (const line of text.slice(0, -1).split("\n")) {
+    const head = /^# (HELP|TYPE) (\S+) (.*)$/.exec(line);
+    if (head) {
+      const [, kind, name, rest] = head;
+      assert.match(name, NAME);
+      if (kind === "HELP") {
+        assert.ok(!families.has(name), `one HELP for ${name}`);
+        families.set(name, { type: "", help: true, done: false });
+        if (current !== undefined) families.get(current)!.done = true;
+        current = name;
+      } else {
+        const f = families.get(name);
+        assert.ok(f && f.type === "" && current === name, `TYPE of ${name} right after its HELP`);
+        assert.match(rest, /^(counter|gauge|histogram)$/);
+        f.type = rest;
+        if (rest === "counter") assert.match(name, /_total$/, `counter ${name} ends in _total`);
+      }
+      continue;
+    }
+    const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\} (\S+)$/.exec(line);
+    assert.ok(sample, `a labelled sample: ${line}`);
+    const [, name, labels, value] = sample;
+    const f = families.get(current!)!;
+    const allowed = f.type === "histogram"
+      ? [`${current}_bucket`, `${current}_sum`, `${current}_count`]
+      : [current];
+    assert.ok(allowed.includes(name), `${name} under the head of ${current}`);
+    assert.ok(!f.done);
+    assert.ok(labels.startsWith(`cluster="${cluster}"`), `${line} carries the cluster`);
+    for (const pair of labels.split(",")) assert.match(pair, /^[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"$/);
+    assert.ok(!series.has(`${name}{${labels}}`), `${name}{${labels}} once`);
+    const n = Number(value.replace(/^\+Inf$/, "Infinity"));
+    assert.ok(!Number.isNaN(n) || value === "NaN", `${line}: a number`);
+    series.set(`${name}{${labels}}`, n);
+  }
+  for (const [name, f] of families) {
+    assert.ok(f.type !== "", `${name} has a TYPE`);
+    assert.ok(!/_ms(_|$)/.test(name), `${name}: base units, not milliseconds`);
+  }
+  return series;
+}
+
+Deno.test("renderReverbMetrics() writes valid Prometheus text: a cluster label on every sample, times in seconds", async () => {
+  const w = await world();
+  try {
+    await w.beat(0);
+    await w.send("status", makeClaim({ agent_id: "a", hlc: hlcAt(w.clock.now()), beat_index: 0 }));
+    await w.send("status", encoder.encode("{oops"));
+    for (let n = 1; n <= 4; n++) await w.beat(n);
+    await w.to(T0 + 4_200);
+    const m = w.reverb.metrics();
+    assert.equal(m.clusterId, "dev");
+    const series = assertValidExposition(renderReverbMetrics(m), "dev");
+    assert.equal(
+      series.get('backbeat_reverb_claims_rejected_total{cluster="dev",reason="malformed"}'),
+      1,
+    );
+    assert.equal(series.get('backbeat_reverb_reports_published_total{cluster="dev"}'), 1);
+    // Milliseconds in the snapshot, seconds in the exposition.
+    const timed = assertValidExposition(
+      renderReverbMetrics({ ...m, tempoDriftMs: 40, reportLagMs: 12.5, reportLagMaxMs: 250 }),
+      "dev",
+    );
+    assert.equal(timed.get('backbeat_reverb_tempo_drift_seconds{cluster="dev"}'), 0.04);
+    assert.equal(timed.get('backbeat_reverb_report_lag_seconds{cluster="dev"}'), 0.0125);
+    assert.equal(timed.get('backbeat_reverb_report_lag_max_seconds{cluster="dev"}'), 0.25);
+    assert.ok(!series.has('backbeat_reverb_tempo_drift_ms{cluster="dev"}'), "renamed");
+    const buckets = [...series].filter(([k]) =>
+      k.startsWith("backbeat_reverb_verify_seconds_bucket")
+    );
+    assert.ok(buckets.length >= 2);
+    assert.ok(buckets.at(-1)![0].endsWith(',le="+Inf"}'));
+    for (let i = 1; i < buckets.length; i++) {
+      assert.ok(buckets[i][1] >= buckets[i - 1][1], "cumulative");
+    }
+    // One family per reason list, all reasons shown (at 0 too).
+    const reasons = [...series.keys()].filter((k) =>
+      k.startsWith("backbeat_reverb_frames_rejected_total")
+    );
+    assert.equal(reasons.length, FRAME_REJECT_REASONS.length);
+    // A second cluster's reverb: its own label.
+    await using other = new Reverb({ clusterId: "prod-2" });
+    assertValidExposition(renderReverbMetrics(other.metrics()), "prod-2");
   } finally {
     await w.close();
   }

@@ -90,7 +90,7 @@ interface ReverbProcess {
   readonly child: Deno.ChildProcess;
   readonly log: Array<Record<string, unknown>>;
   readonly url: string;
-  /** Resident set size of the process, bytes (Linux /proc). */
+  /** Resident set size of the process, bytes (from ps). */
   rss(): Promise<number>;
   close(): Promise<void>;
 }
@@ -140,8 +140,16 @@ async function spawnReverb(args: string[]): Promise<ReverbProcess> {
     log,
     url: log.find((l) => l.msg === "serving http")!.url as string,
     async rss() {
-      const status = await Deno.readTextFile(`/proc/${child.pid}/status`);
-      return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
+      // Through ps, not /proc/<pid>/status: Deno 2 reads /proc only with --allow-all, and the
+      // test task runs with narrower permissions (--allow-run covers ps).
+      const out = await new Deno.Command("ps", {
+        args: ["-o", "rss=", "-p", String(child.pid)],
+        stdout: "piped",
+        stderr: "null",
+      }).output();
+      const kib = Number(new TextDecoder().decode(out.stdout).trim());
+      assert.ok(out.success && kib > 0, `ps reports the reverb process's RSS (${kib} KiB)`);
+      return kib * 1024;
     },
     close,
   };
@@ -164,9 +172,11 @@ Deno.test("attack: one forged first frame, then storms of 20,000 junk frames and
     "--id=rv-storm",
   ]);
   const api = async (path: string) => await (await fetch(`${reverb.url}${path}`)).json();
-  const metric = async (name: string) => {
+  // Every sample carries the cluster label, reason families a reason too.
+  const metric = async (name: string, reason?: string) => {
     const text = await (await fetch(`${reverb.url}/metrics`)).text();
-    const m = new RegExp(`^${name.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(text);
+    const series = `${name}{cluster="${cluster}"${reason ? `,reason="${reason}"` : ""}}`;
+    const m = new RegExp(`^${series.replace(/[{}"]/g, "\\$&")} (\\S+)$`, "m").exec(text);
     return m ? Number(m[1]) : NaN;
   };
   try {
@@ -275,7 +285,7 @@ Deno.test("attack: one forged first frame, then storms of 20,000 junk frames and
       ],
       [6_668, 6_668, 6_666, 6_666, 6_666, 6_666],
     );
-    assert.equal(await metric('backbeat_reverb_claims_rejected_total{reason="future"}'), 6_666);
+    assert.equal(await metric("backbeat_reverb_claims_rejected_total", "future"), 6_666);
     const logged = (msg: string) => reverb.log.filter((l) => l.msg === msg).length;
     assert.ok(logged("frames rejected") <= 8, `${logged("frames rejected")} frame log lines`);
     assert.ok(logged("claims rejected") <= 8, `${logged("claims rejected")} claim log lines`);
@@ -582,7 +592,7 @@ Deno.test("attack: an unsigned claim for an agent in the keyring is refused, wit
     assert.equal(views.keyed.key_id, "k", "the keyed agent's state comes from its signed claim");
     assert.match(
       renderReverbMetrics(reverb.metrics()),
-      /claims_rejected_total\{reason="unsigned"\} 1$/m,
+      /claims_rejected_total\{cluster="[^"]+",reason="unsigned"\} 1$/m,
     );
   } finally {
     await client.stop();

@@ -1,5 +1,8 @@
 // The dashboard in a real headless Chromium against a live reverb (real nats-server, pulse at
-// 240 BPM, scripted agents): live values move, and what the page shows matches /api/v1/*.
+// 240 BPM, scripted agents): live values move, and what the page shows matches /api/v1/*; the
+// counters are the server's (claims rate over its sliding window, reports published); a page
+// shows a loading state until its first data; a page refused an event stream (the per-address
+// cap) says so and reconnects once a slot frees up.
 // Takes a screenshot of the live page; with BACKBEAT_UPDATE_SCREENSHOT=1 it replaces
 // docs/dashboard.png (so ordinary runs leave the tree clean).
 
@@ -15,6 +18,7 @@ import {
 import { connectNatsBus, type NatsBusLike } from "../nats/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
 import { Reverb, type ReverbHttpServer, serveReverbHttp } from "../reverb/mod.ts";
+import type { Page } from "playwright-core";
 import { startNatsServer } from "./nats_server.ts";
 import { makeClaim, signedMessage } from "./reverb_helpers.ts";
 import { until } from "./until.ts";
@@ -192,8 +196,8 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
         const bars = await api("/api/v1/bars?limit=60");
         const shown = await page.getAttribute("#last-window", "data-window");
         const chartBars = await page.locator("#chart svg g").count();
-        const rows = await page.locator("#reports tbody tr").count();
-        const rowIds = await page.locator("#reports tbody tr").evaluateAll((trs) =>
+        const rows = await page.locator("#reports tbody tr[data-window]").count();
+        const rowIds = await page.locator("#reports tbody tr[data-window]").evaluateAll((trs) =>
           trs.map((tr) => tr.getAttribute("data-window"))
         );
         return shown === bars.reports[0].window_id && chartBars === bars.count &&
@@ -254,6 +258,31 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
       { what: "the rejected table to match /api/v1/status", timeoutMs: 5_000 },
     );
 
+    // The counters are the server's. Claims per second: reverb's sliding-window rate (at 240 BPM
+    // the agents send 12 accepted claims a beat, so tens per second), shown with one decimal.
+    await until(
+      async () => {
+        const c = (await api("/api/v1/status")).claims;
+        const shown = Number(await page.getAttribute("#claims-rate", "data-value"));
+        const text = (await page.textContent("#claims-rate")) ?? "";
+        return shown > 10 && Math.abs(shown - c.accepted_rate_per_second) <= shown * 0.1 &&
+          text === shown.toFixed(1) && c.rate_window_seconds > 0;
+      },
+      { what: "the claims rate tile to show the server's windowed rate", timeoutMs: 5_000 },
+    );
+    assert.match((await page.textContent("#claims-window"))!, /^· last \d+ s$/);
+    // Reports: what reverb published, not what the page keeps.
+    await until(
+      async () => {
+        const s = await api("/api/v1/status");
+        const shown = Number(await page.getAttribute("#reports-published", "data-value"));
+        return shown === s.reports_published && shown >= 3;
+      },
+      { what: "the reports tile to show reports_published", timeoutMs: 5_000 },
+    );
+    assert.equal(await page.locator("body.loading").count(), 0, "loaded");
+    assert.equal(await page.isVisible("#loading"), false);
+
     // The screenshot in the docs shows the healthy, live state.
     const png = await page.screenshot({ fullPage: true });
     assert.deepEqual([...png.subarray(1, 4)], [0x50, 0x4e, 0x47], "a PNG");
@@ -261,6 +290,9 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
     if (Deno.env.get("BACKBEAT_UPDATE_SCREENSHOT") === "1") {
       await Deno.writeFile(new URL("../docs/dashboard.png", import.meta.url), png);
     }
+
+    await checkLoadingState(await browser.newPage(), base);
+    await checkRefusedStream(await browser.newPage(), base);
 
     // A warning appears when the beat stops.
     await pulse.stop();
@@ -283,3 +315,84 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// Before its first data a page says it is loading (not dashes that read as zeros), then shows
+// the data once it arrives. The data is held back by the page's own routes; its event stream
+// never reaches the server (aborted), so this page holds no event-stream slot afterwards.
+async function checkLoadingState(page: Page, base: string): Promise<void> {
+  const gate = Promise.withResolvers<void>();
+  try {
+    await page.route("**/api/v1/**", async (route) => {
+      await gate.promise;
+      await route.continue().catch(() => {});
+    });
+    await page.route("**/events", async (route) => {
+      await gate.promise;
+      await route.abort().catch(() => {});
+    });
+    await page.goto(base, { waitUntil: "domcontentloaded" });
+    await until(async () => await page.isVisible("#loading"), { what: "the loading banner" });
+    assert.equal(await page.locator("body.loading").count(), 1);
+    assert.match((await page.textContent("#loading"))!, /connecting to reverb/);
+    assert.equal(await page.textContent("#claims-rate"), "–");
+    assert.equal((await page.textContent("#agents tbody tr.placeholder"))?.trim(), "loading…");
+    assert.equal((await page.textContent("#reports tbody tr.placeholder"))?.trim(), "loading…");
+    gate.resolve();
+    await until(
+      async () =>
+        await page.locator("body.loading").count() === 0 &&
+        /^\d/.test((await page.textContent("#claims-rate")) ?? "") &&
+        await page.locator("#agents tbody tr[data-agent]").count() > 0,
+      { what: "the page to leave its loading state", timeoutMs: 5_000 },
+    );
+    assert.equal(await page.isVisible("#loading"), false);
+  } finally {
+    gate.resolve();
+    await page.close();
+  }
+}
+
+// Fills this address's share of event streams from here, so the page's own stream is refused
+// (429): the page says its stream is disconnected and, once a slot frees, reconnects by itself.
+async function checkRefusedStream(page: Page, base: string): Promise<void> {
+  const held: ReadableStreamDefaultReader<Uint8Array>[] = [];
+  try {
+    // The first page holds one stream already (and only it: the loading page's never reached
+    // the server); take the rest (the cap is 8 per address).
+    for (let i = 0; i < 8; i++) {
+      const res = await fetch(`${base}/events`);
+      if (res.status === 429) {
+        await res.body?.cancel();
+        break;
+      }
+      assert.equal(res.status, 200);
+      const reader = res.body!.getReader();
+      await reader.read();
+      held.push(reader);
+    }
+    assert.equal(held.length, 7, "the first page's stream and these 7 fill the share of 8");
+    await page.goto(base);
+    await until(
+      async () =>
+        ((await page.textContent("#warnings")) ?? "").includes("event stream disconnected") &&
+        await page.getAttribute("#link", "class") === "dot off",
+      { what: "the refused page to say its stream is disconnected", timeoutMs: 5_000 },
+    );
+    // Still loaded from /api/v1/*: the status came without the stream.
+    assert.equal(await page.locator("body.loading").count(), 0);
+    assert.match((await page.textContent("#warnings"))!, /retrying in \d+ s/);
+    await held.pop()!.cancel();
+    // The page backs off 2 s after its first refusal: it is back well within 10 s.
+    await until(
+      async () => await page.getAttribute("#link", "class") === "dot on",
+      { what: "the page to reconnect once a slot freed up", timeoutMs: 10_000 },
+    );
+    await until(
+      async () => !((await page.textContent("#warnings")) ?? "").includes("disconnected"),
+      { what: "the disconnected warning to go", timeoutMs: 5_000 },
+    );
+  } finally {
+    for (const r of held) await r.cancel().catch(() => {});
+    await page.close();
+  }
+}

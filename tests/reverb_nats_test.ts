@@ -91,9 +91,6 @@ Deno.test("reverb on NATS reports a scripted bar right and rejects every bad cla
     bus: reverbBus,
     keyring: ring.path,
     requireSignatures: true,
-    // The SDK client below signs the payload alone until it moves to signMessage's bound form;
-    // with legacy signatures reverb takes both, so this test holds across that change.
-    legacyClaimSignatures: true,
     graceMs: 150,
   });
   const pulse = new Pulse({ clusterId: cluster, bus: pulseBus, tempoBpm: TEMPO });
@@ -243,7 +240,7 @@ Deno.test("reverb on NATS reports a scripted bar right and rejects every bad cla
     assert.equal(reverb.status().active, true);
     assert.ok(
       renderReverbMetrics(reverb.metrics()).includes(
-        'backbeat_reverb_claims_rejected_total{reason="replay"} 1',
+        `backbeat_reverb_claims_rejected_total{cluster="${cluster}",reason="replay"} 1`,
       ),
     );
   } finally {

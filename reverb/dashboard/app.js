@@ -1,9 +1,15 @@
 // reverb dashboard: plain DOM, no build step. Live data comes from /events (Server-Sent Events);
 // the tables are refreshed from /api/v1/* when the counters say something changed. Every value
-// from the wire is written with textContent, never as HTML.
+// from the wire is written with textContent, never as HTML. Counters are the server's: the claims
+// rate is reverb's sliding-window rate, the reports tile reverb's published count (the page only
+// keeps the last MAX_BARS reports for its chart and table).
 
 const MAX_BARS = 60;
 const MAX_AGENTS = 500;
+// EventSource gives up for good on an HTTP error (a 429 or 503 when reverb's event-stream caps
+// are reached): the page reconnects itself, backing off up to a minute.
+const RECONNECT_MIN_MS = 2_000;
+const RECONNECT_MAX_MS = 60_000;
 const SVG = "http://www.w3.org/2000/svg";
 const STATE_ORDER = {
   failed: 0,
@@ -37,6 +43,13 @@ const state = {
   agentsDirty: true,
   agentsLoading: false,
   connected: false,
+  // Until the first status arrives the page shows a loading state, not dashes that look like
+  // real zeros.
+  loaded: false,
+  barsLoaded: false,
+  agentsLoaded: false,
+  reconnectMs: RECONNECT_MIN_MS,
+  reconnectAt: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -50,6 +63,32 @@ function el(tag, cls, text) {
 
 function fmtInt(n) {
   return typeof n === "number" ? n.toLocaleString("en-US") : "–";
+}
+
+function fmtRate(n) {
+  if (typeof n !== "number") return "–";
+  return n.toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+}
+
+function setValue(id, text, raw) {
+  const e = $(id);
+  e.textContent = text;
+  if (raw !== undefined) e.dataset.value = String(raw);
+}
+
+function placeholder(body, columns, text) {
+  const tr = el("tr", "placeholder");
+  const td = el("td", "", text);
+  td.colSpan = columns;
+  tr.append(td);
+  body.replaceChildren(tr);
+}
+
+function markLoaded() {
+  if (state.loaded) return;
+  state.loaded = true;
+  document.body.classList.remove("loading");
+  document.body.removeAttribute("aria-busy");
 }
 
 function fmtAgo(ms) {
@@ -104,6 +143,7 @@ function renderBeat() {
 function renderStatus() {
   const s = state.status;
   if (!s) return;
+  markLoaded();
   $("cluster").textContent = s.cluster_id;
   const role = $("role");
   role.textContent = s.active ? "ACTIVE" : "STANDBY";
@@ -116,7 +156,17 @@ function renderStatus() {
   if (!s.beat) $("tempo").textContent = s.tempo_bpm ?? "–";
   const c = s.claims;
   $("agents-tracked").textContent = fmtInt(c.agents_tracked);
-  $("claims-rate").textContent = fmtInt(c.accepted_per_second);
+  // The server's rate over its sliding window (up to 30 s): a rate over one summary interval
+  // reads 0 between the beats of a slow tempo.
+  setValue("claims-rate", fmtRate(c.accepted_rate_per_second), c.accepted_rate_per_second);
+  const win = c.rate_window_seconds;
+  $("claims-window").textContent = typeof win === "number" && win > 0
+    ? `· last ${Math.round(win)} s`
+    : "";
+  setValue("reports-published", fmtInt(s.reports_published), s.reports_published);
+  $("reports-published").title = `published by ${s.reverb_id}; ${
+    fmtInt(s.history_size)
+  } in its history, the last ${MAX_BARS} shown here`;
   $("accepted").textContent = fmtInt(c.accepted);
   // Late claims were accepted (after their window closed): listed below, not counted as refused.
   const rejected = Object.entries(c.rejected)
@@ -137,7 +187,16 @@ function renderStatus() {
 
 function renderWarnings() {
   const list = [...(state.status?.warnings ?? [])];
-  if (!state.connected) list.unshift("event stream disconnected: values below are not live");
+  if (!state.connected && state.loaded) {
+    const wait = state.reconnectAt - Date.now();
+    list.unshift(
+      wait > 0
+        ? `event stream disconnected (refused or closed): values below are not live; retrying in ${
+          Math.ceil(wait / 1000)
+        } s`
+        : "event stream disconnected: values below are not live",
+    );
+  }
   const box = $("warnings");
   box.replaceChildren(
     ...list.map((w) =>
@@ -206,9 +265,8 @@ function renderChart() {
     svg.append(svgText(padL - 4, y + 3, String(v), "end"));
   }
   if (bars.length === 0) {
-    svg.append(
-      svgText(padL + cw / 2, padT + ch / 2, "waiting for the first bar report…", "middle", "empty"),
-    );
+    const text = state.barsLoaded ? "waiting for the first bar report…" : "loading…";
+    svg.append(svgText(padL + cw / 2, padT + ch / 2, text, "middle", "empty"));
   }
   const slot = cw / MAX_BARS;
   const x0 = padL + cw - bars.length * slot;
@@ -261,6 +319,11 @@ function niceStep(max) {
 
 function renderReports() {
   const body = $("reports").tBodies[0];
+  if (state.bars.length === 0) {
+    placeholder(body, 7, state.barsLoaded ? "no report yet" : "loading…");
+    $("last-window").textContent = "–";
+    return;
+  }
   const rows = [...state.bars].reverse().slice(0, 30).map((b) => {
     const tr = el("tr");
     tr.dataset.window = b.window_id;
@@ -289,7 +352,6 @@ function renderReports() {
   });
   body.replaceChildren(...rows);
   const last = state.bars[state.bars.length - 1];
-  $("bars-count").textContent = fmtInt(state.bars.length);
   $("last-window").textContent = last
     ? `${last.window_id.slice(0, 12)}… beats ${last.from_beat}–${last.to_beat}`
     : "–";
@@ -306,6 +368,7 @@ async function refreshAgents() {
     const r = await getJson(`/api/v1/agents?limit=${MAX_AGENTS}`);
     state.agents = r.agents;
     state.agentsTotal = r.total;
+    state.agentsLoaded = true;
     renderAgents();
   } catch {
     state.agentsDirty = true;
@@ -322,6 +385,13 @@ function renderAgents() {
     return sa - sb || (a.agent_id < b.agent_id ? -1 : 1);
   });
   const body = $("agents").tBodies[0];
+  $("agents-count").textContent = state.agentsTotal > agents.length
+    ? `${agents.length} of ${fmtInt(state.agentsTotal)}`
+    : `${agents.length}`;
+  if (agents.length === 0) {
+    placeholder(body, 8, state.agentsLoaded ? "no agent has sent a claim yet" : "loading…");
+    return;
+  }
   body.replaceChildren(
     ...agents.map((a) => {
       const tr = el("tr");
@@ -359,9 +429,6 @@ function renderAgents() {
       return tr;
     }),
   );
-  $("agents-count").textContent = state.agentsTotal > agents.length
-    ? `${agents.length} of ${fmtInt(state.agentsTotal)}`
-    : `${agents.length}`;
 }
 
 function tickSeen() {
@@ -373,20 +440,30 @@ function tickSeen() {
 
 // --- wiring ---
 
+let everOpened = false;
+
 function connect() {
   const es = new EventSource("/events");
-  let opened = false;
   es.addEventListener("open", () => {
     state.connected = true;
+    state.reconnectMs = RECONNECT_MIN_MS;
+    state.reconnectAt = 0;
     $("link").className = "dot on";
     renderWarnings();
     // After a reconnect, fill the gap in the reports.
-    if (opened) loadBars().catch(() => {});
-    opened = true;
+    if (everOpened) loadBars().catch(() => {});
+    everOpened = true;
   });
   es.addEventListener("error", () => {
     state.connected = false;
     $("link").className = "dot off";
+    if (es.readyState === EventSource.CLOSED) {
+      // Refused (429/503) or otherwise given up: the browser will not retry this one.
+      const wait = state.reconnectMs;
+      state.reconnectMs = Math.min(RECONNECT_MAX_MS, state.reconnectMs * 2);
+      state.reconnectAt = Date.now() + wait;
+      setTimeout(connect, wait);
+    }
     renderWarnings();
   });
   es.addEventListener("beat", (e) => {
@@ -411,18 +488,25 @@ function connect() {
 async function loadBars() {
   const bars = await getJson(`/api/v1/bars?limit=${MAX_BARS}`);
   for (const b of bars.reports) addBar(b);
+  state.barsLoaded = true;
   renderChart();
   renderReports();
 }
 
+async function loadStatus() {
+  state.status = await getJson("/api/v1/status");
+  renderStatus();
+}
+
 async function init() {
+  renderChart();
   // Listen first, then load: nothing published in between is lost.
   connect();
   try {
-    state.status = await getJson("/api/v1/status");
-    renderStatus();
+    await loadStatus();
     await loadBars();
   } catch (err) {
+    $("loading").textContent = `cannot load: ${err.message}; retrying`;
     $("warnings").replaceChildren(el("div", "warning severe", `cannot load: ${err.message}`));
   }
   renderChart();
@@ -431,6 +515,9 @@ async function init() {
   setInterval(() => {
     refreshAgents();
     tickSeen();
+    if (!state.connected && state.reconnectAt > 0) renderWarnings();
+    if (!state.loaded) loadStatus().catch(() => {});
+    if (!state.barsLoaded) loadBars().catch(() => {});
   }, 1000);
   addEventListener("resize", renderChart);
 }
