@@ -1,8 +1,11 @@
 // `deno task start`: a whole BACKBEAT cluster in one process on the embedded bus. A pulse beats
 // at 30 BPM, six agents sign status claims as their tasks move through the bar, and reverb
 // verifies them and publishes a BarReport per bar, with its dashboard on http://127.0.0.1:8787.
-// Set BACKBEAT_NATS_URL to run the same cluster on NATS instead. Stop with Ctrl-C.
+// --nats (or BACKBEAT_NATS_URL) runs the same cluster on NATS instead; --help lists the flags.
+// Stop with Ctrl-C.
+import { parseArgs } from "node:util";
 import {
+  BackbeatError,
   type Bus,
   Client,
   connectNatsBus,
@@ -13,15 +16,97 @@ import {
 import { Pulse } from "../pulse/mod.ts";
 import { Keyring, Reverb, serveReverbHttp } from "../reverb/mod.ts";
 
-const CLUSTER = "demo";
-const TEMPO = Number(Deno.env.get("BACKBEAT_TEMPO") ?? 30);
-const PORT = Number(Deno.env.get("BACKBEAT_DEMO_PORT") ?? 8787);
+const USAGE = `Usage: deno task start [flags]
 
-const natsUrl = Deno.env.get("BACKBEAT_NATS_URL");
-const bus: Bus = natsUrl ? await connectNatsBus({ servers: natsUrl }) : new InMemoryBus();
+The embedded demo: pulse, reverb (with its dashboard) and signing agents in one process.
+
+Flags (environment variable in brackets):
+  --http HOST:PORT  dashboard address            [BACKBEAT_DEMO_HTTP] (default 127.0.0.1:8787)
+  --agents N        agents, 1 to 100            [BACKBEAT_DEMO_AGENTS] (default 6)
+  --tempo BPM       tempo, 0.1 to 6000          [BACKBEAT_TEMPO] (default 30)
+  --nats URL        run on NATS instead of the embedded bus [BACKBEAT_NATS_URL]
+  --seconds N       stop after N seconds (0: run until Ctrl-C) [BACKBEAT_DEMO_SECONDS]
+  -h, --help        show this help
+`;
+
+function fail(message: string, usage = false): never {
+  console.error(`demo: ${message}`);
+  if (usage) console.error("Run with --help for usage.");
+  Deno.exit(usage ? 2 : 1);
+}
+
+function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
+
+let flags;
+try {
+  const args = Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args;
+  flags = parseArgs({
+    args,
+    strict: true,
+    options: {
+      http: { type: "string" },
+      agents: { type: "string" },
+      tempo: { type: "string" },
+      nats: { type: "string" },
+      seconds: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  }).values;
+} catch (error) {
+  fail((error as Error).message, true);
+}
+if (flags.help) {
+  console.log(USAGE);
+  Deno.exit(0);
+}
+
+function number(
+  name: string,
+  text: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+) {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (text.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
+    fail(
+      `Invalid --${name} ${JSON.stringify(text)}: expected a number from ${min} to ${max}`,
+      true,
+    );
+  }
+  return n;
+}
+
+const CLUSTER = "demo";
+const TEMPO = number("tempo", flags.tempo ?? env("BACKBEAT_TEMPO"), 30, 0.1, 6_000);
+const AGENTS = Math.trunc(number("agents", flags.agents ?? env("BACKBEAT_DEMO_AGENTS"), 6, 1, 100));
+const SECONDS = number("seconds", flags.seconds ?? env("BACKBEAT_DEMO_SECONDS"), 0, 0, 86_400);
+const httpText = flags.http ?? env("BACKBEAT_DEMO_HTTP") ??
+  `127.0.0.1:${env("BACKBEAT_DEMO_PORT") ?? 8787}`;
+const http = /^(.+):(\d{1,5})$/.exec(httpText);
+if (!http || Number(http[2]) > 65_535) {
+  fail(`Invalid --http ${JSON.stringify(httpText)}: expected HOST:PORT`, true);
+}
+const natsUrl = flags.nats ?? env("BACKBEAT_NATS_URL");
+
+let bus: Bus;
+try {
+  bus = natsUrl ? await connectNatsBus({ servers: natsUrl }) : new InMemoryBus();
+} catch (error) {
+  // The message names the (redacted) server and the reason; a stack trace would add nothing.
+  fail(error instanceof BackbeatError ? error.message : String(error));
+}
 
 // Agents with keys; reverb's keyring holds their public halves.
-const names = ["indexer-1", "indexer-2", "planner", "reviewer", "helper", "flaky"];
+const BASE = ["indexer-1", "indexer-2", "planner", "reviewer", "helper", "flaky"];
+const names = Array.from({ length: AGENTS }, (_, i) => BASE[i] ?? `agent-${i + 1}`);
 const keys = await Promise.all(names.map(() => generateSigningKeyPair()));
 const keyring = await Keyring.fromJson(
   Object.fromEntries(
@@ -37,7 +122,15 @@ const reverb = new Reverb({
   requireSignatures: true,
 });
 await reverb.start();
-const dashboard = serveReverbHttp(reverb, { hostname: "127.0.0.1", port: PORT });
+let dashboard: ReturnType<typeof serveReverbHttp>;
+try {
+  dashboard = serveReverbHttp(reverb, { hostname: http[1], port: Number(http[2]) });
+} catch (error) {
+  const why = error instanceof Deno.errors.AddrInUse ? "address in use" : (error as Error).message;
+  await reverb.stop();
+  await bus.close();
+  fail(`Cannot listen on ${httpText}: ${why} (change it with --http HOST:PORT)`);
+}
 await pulse.start();
 
 const clients = names.map((agentId, i) => {
@@ -100,12 +193,11 @@ reverb.addEventListener("report", (e) => {
 
 const stopped = Promise.withResolvers<void>();
 Deno.addSignalListener("SIGINT", () => stopped.resolve());
-const limit = Number(Deno.env.get("BACKBEAT_DEMO_SECONDS") ?? 0);
-if (limit > 0) setTimeout(() => stopped.resolve(), limit * 1000);
+if (SECONDS > 0) setTimeout(() => stopped.resolve(), SECONDS * 1000);
 await stopped.promise;
 await Promise.all(clients.map((c) => c.stop()));
 await pulse.stop();
-await dashboard.shutdown();
 await reverb.stop();
+await dashboard.shutdown();
 await bus.close();
 Deno.exit(0);
