@@ -198,6 +198,6 @@ await stopped.promise;
 await Promise.all(clients.map((c) => c.stop()));
 await pulse.stop();
 await reverb.stop();
-await dashboard.shutdown();
+await dashboard.stop();
 await bus.close();
 Deno.exit(0);

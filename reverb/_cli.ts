@@ -421,7 +421,7 @@ export async function runReverbCli(
   } catch (error) {
     write(`reverb: ${messageOf(error)}`);
     await reverb?.stop();
-    await http?.shutdown();
+    await http?.stop();
     await bus?.close();
     return 1;
   }
@@ -429,7 +429,7 @@ export async function runReverbCli(
   logger.info("stop requested");
   // Reverb first: while it hands its role over, /readyz already answers "stopping".
   await reverb.stop();
-  await http?.shutdown();
+  await http?.stop();
   await bus?.close();
   return 0;
 }

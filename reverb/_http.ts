@@ -53,8 +53,8 @@ export interface ReverbHttpServer {
   /** Resolves when the server has shut down. */
   readonly finished: Promise<void>;
   /** Ends the event streams, stops accepting requests and closes the server. Idempotent. */
-  shutdown(): Promise<void>;
-  /** `await using` support: {@linkcode ReverbHttpServer.shutdown}. */
+  stop(): Promise<void>;
+  /** `await using` support: {@linkcode ReverbHttpServer.stop}. */
   [Symbol.asyncDispose](): Promise<void>;
 }
 
@@ -444,7 +444,7 @@ export function serveReverbHttp(reverb: Reverb, options: ReverbHttpOptions = {})
     addr,
     url: `http://${host}:${addr.port}`,
     finished: server.finished,
-    shutdown,
+    stop: shutdown,
     [Symbol.asyncDispose]: shutdown,
   };
 }

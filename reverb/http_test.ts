@@ -41,7 +41,7 @@ async function live(): Promise<{ reverb: Reverb; base: string; stop(): Promise<v
     async stop() {
       clearTimeout(timer);
       await reverb.stop();
-      await http.shutdown();
+      await http.stop();
       await bus.close();
     },
   };
@@ -163,7 +163,7 @@ Deno.test("reverb readiness turns false while stopping and the HTTP server is cl
   const res = await fetch(`${base}/readyz`);
   assert.equal(res.status, 503, "the server outlives reverb until shut down, answering not ready");
   assert.deepEqual(await res.json(), { ready: false, reasons: ["stopping"] });
-  await http.shutdown();
+  await http.stop();
   await assert.rejects(fetch(`${base}/readyz`), "the server is closed after shutdown()");
   await bus.close();
 });
@@ -199,7 +199,7 @@ Deno.test("serveReverbHttp() sends event-stream keepalives on its clock and refu
   } finally {
     await reader.cancel().catch(() => {});
   }
-  await http.shutdown();
+  await http.stop();
   assert.equal(clock.pending, 0, "shutdown cancels the keepalive");
 });
 

@@ -42,7 +42,7 @@
  * const http = serveReverbHttp(reverb, { hostname: "0.0.0.0", port: 8081 });
  * // ... later
  * await reverb.stop();
- * await http.shutdown();
+ * await http.stop();
  * await bus.close();
  * ```
  *

@@ -380,7 +380,7 @@ Deno.test("attack: a 2^53 − 1 frame and a garbage claim do not hang reverb: ti
   } finally {
     for (const p of pulses) await p.stop();
     for (const r of reverbs) await r.stop();
-    for (const h of https) await h.shutdown();
+    for (const h of https) await h.stop();
     await Promise.all([reverbBus.close(), pulseBus.close(), evil.close()]);
   }
 });

@@ -310,7 +310,7 @@ Deno.test("the reverb dashboard shows live values that match /api/v1/* (headless
     stopAgents();
     await pulse.stop();
     await reverb.stop();
-    await http?.shutdown();
+    await http?.stop();
     await Promise.all([reverbBus.close(), pulseBus.close(), agentBus.close()]);
     await Deno.remove(dir, { recursive: true });
   }

@@ -417,7 +417,7 @@ Deno.test("a restarted reverb replays its history from the JetStream stream; no 
     await pulse.stop();
     await reverbA.stop();
     await reverbB?.stop();
-    await httpB?.shutdown();
+    await httpB?.stop();
     await Promise.all([pulseBus.close(), watchBus.close(), busA.close(), busB?.close()]);
   }
 });
