@@ -10,7 +10,7 @@ import {
   readSigningKeyFile,
   type SigningKey,
 } from "../core/mod.ts";
-import { connectNatsBus } from "../nats/mod.ts";
+import { connectNatsBus, type NatsBusOptions, redactUrl } from "../nats/mod.ts";
 import {
   type EnvVars,
   type FlagSpec,
@@ -18,12 +18,20 @@ import {
   JsonLogger,
   KeyringWatcher,
   type LogLevel,
+  NATS_FLAG_SPECS,
+  NATS_FLAGS_HELP,
+  natsSettingsFromFlags,
   parseFlags,
   parseHostPort,
   parseLogLevel,
   parseNumber,
 } from "../service/mod.ts";
-import { DEFAULT_PULSE_HTTP_HOSTNAME, DEFAULT_PULSE_HTTP_PORT, servePulseHttp } from "./_http.ts";
+import {
+  DEFAULT_PULSE_HTTP_HOSTNAME,
+  DEFAULT_PULSE_HTTP_PORT,
+  type PulseHttpServer,
+  servePulseHttp,
+} from "./_http.ts";
 import { Pulse } from "./_pulse.ts";
 import { MAX_PULSE_TEMPO_BPM } from "./_tempo.ts";
 
@@ -31,7 +39,7 @@ const DEFAULT_PULSE_CLUSTER = "chorus-dev";
 
 const FLAGS: readonly FlagSpec[] = [
   { name: "cluster", env: "BACKBEAT_CLUSTER" },
-  { name: "nats", env: "BACKBEAT_NATS_URL" },
+  ...NATS_FLAG_SPECS,
   { name: "tempo", env: "BACKBEAT_TEMPO" },
   { name: "beats-per-bar", env: "BACKBEAT_BEATS_PER_BAR" },
   { name: "phases", env: "BACKBEAT_PHASES" },
@@ -52,12 +60,11 @@ export const PULSE_ENV_VARS: readonly string[] = FLAGS.flatMap((f) => f.env ? [f
 /** The pulse command's `--help` text. */
 export const PULSE_USAGE: string = `backbeat pulse: the cluster's beat service
 
-Usage: deno run -A pulse/main.ts [flags]
+Usage: deno task pulse -- [flags]
+       backbeat-pulse [flags]            (the compiled binary: deno task compile:pulse)
 
 Flags (environment variable in brackets):
   --cluster ID          cluster id, one NATS token [BACKBEAT_CLUSTER] (default ${DEFAULT_PULSE_CLUSTER})
-  --nats URL            NATS server(s), comma-separated [BACKBEAT_NATS_URL]
-                        (absent: embedded in-memory bus, single pulse)
   --tempo BPM           tempo of a new timeline, 0.1 to ${MAX_PULSE_TEMPO_BPM} [BACKBEAT_TEMPO] (default ${DEFAULT_TEMPO_BPM})
   --beats-per-bar N     beats in a bar, 1 to 64 [BACKBEAT_BEATS_PER_BAR] (default ${DEFAULT_BEATS_PER_BAR})
   --phases LIST         phase of each bar position, e.g. plan,execute,execute,review [BACKBEAT_PHASES]
@@ -78,19 +85,25 @@ Flags (environment variable in brackets):
 
 Keyring files ({"<owner>": [{"key_id", "public_key", "not_before"?, "not_after"?}]}) are
 reloaded on change and on SIGHUP. Keep the signing key file readable by pulse only.
-HTTP: GET /healthz, GET /readyz, GET /metrics, POST /tempo {"tempo_bpm": n}.
+HTTP: GET /healthz, GET /readyz, GET /metrics, GET /tempo, POST /tempo {"tempo_bpm": n}.
 Control (backbeat.<cluster>.control): {"tempo_bpm": n, "issued_at": "<RFC 3339>"}; with
 --admin-token or --admin-keyring it needs x-auth-hmac or x-signature/x-key-id over
 "backbeat.control.v1\\n<cluster>\\n0\\n<payload>", issued_at within 30 s and newer than the last.
-Logs: one JSON object per line on stderr. SIGINT/SIGTERM: hand over and exit 0.
-`;
+A timeline stored in KV keeps its tempo over --tempo: change it with POST /tempo or
+\`backbeat tempo set\`.
+Logs: one JSON object per line on stderr. A bad command line exits 2; a failure to start is one
+line "pulse: <reason>" on stderr and exits 1. SIGINT/SIGTERM: hand over and exit 0.
+
+${NATS_FLAGS_HELP}`;
 
 /** Settings of a pulse process, from flags and environment. */
 export interface PulseConfig {
   /** Cluster id. */
   readonly clusterId: string;
-  /** NATS server URLs; empty for the embedded in-memory bus. */
-  readonly natsServers: readonly string[];
+  /** Options for `connectNatsBus()` (without `name`); `undefined` for the embedded bus. */
+  readonly nats: NatsBusOptions | undefined;
+  /** JetStream replicas of the lease bucket (`--replicas`). */
+  readonly replicas: number;
   /** Tempo of a new timeline. */
   readonly tempoBpm: number;
   /** Beats in a bar. */
@@ -101,6 +114,8 @@ export interface PulseConfig {
   readonly id?: string;
   /** HTTP listen address. */
   readonly http: HostPort;
+  /** Where the address came from (`--http`, `BACKBEAT_PULSE_HTTP`), for messages. */
+  readonly httpSource?: string;
   /** Admin token for `POST /tempo` and control messages, if any. */
   readonly adminToken?: string;
   /** Operator keyring file for signed control messages, if any. */
@@ -138,11 +153,9 @@ export type PulseCommand =
  * ```
  */
 export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): PulseCommand {
-  const { values, sources, positionals } = parseFlags(
-    args[0] === "--" ? args.slice(1) : args,
-    FLAGS,
-    env,
-  );
+  // parseFlags skips one leading "--" itself (`deno task pulse -- --help` passes it on).
+  const flags = parseFlags(args, FLAGS, env);
+  const { values, sources, positionals } = flags;
   if (values.help) return { help: true };
   if (positionals.length > 0) {
     throw new TypeError(`Unexpected argument ${JSON.stringify(positionals[0])}`);
@@ -150,14 +163,8 @@ export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): Puls
   const str = (name: string): string | undefined => values[name] as string | undefined;
   const clusterId = str("cluster") ?? DEFAULT_PULSE_CLUSTER;
   assertClusterId(clusterId);
-  const natsServers = (str("nats") ?? "").split(",").map((s) => s.trim()).filter((s) => s);
-  for (const url of natsServers) {
-    if (!/^(nats|tls|ws|wss):\/\/[^\s]+$|^[^\s:/]+:\d+$/.test(url)) {
-      throw new TypeError(
-        `Invalid ${sources.nats} ${JSON.stringify(url)}: expected nats://host:port`,
-      );
-    }
-  }
+  // Messages name the flag or variable and show URLs redacted, never a secret.
+  const { nats, replicas } = natsSettingsFromFlags(flags);
   const tempoText = str("tempo");
   const tempoBpm = tempoText === undefined
     ? DEFAULT_TEMPO_BPM
@@ -213,13 +220,15 @@ export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): Puls
     help: false,
     config: {
       clusterId,
-      natsServers,
+      nats,
+      replicas,
       tempoBpm,
       // A phase list alone sets the bar length.
       beatsPerBar: phases && bpbText === undefined ? phases.length : beatsPerBar,
       phases,
       id,
       http,
+      httpSource: sources.http ?? "--http",
       adminToken,
       adminKeyringFile: file("admin-keyring"),
       control: controlText === undefined || controlText.toLowerCase() === "on",
@@ -234,8 +243,63 @@ export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): Puls
 export interface RunPulseOptions {
   /** Stops the pulse (hand over, close) when aborted. */
   signal: AbortSignal;
-  /** Logger. @default {a JsonLogger on stderr at the configured level} */
+  /** Logger. @default {a JsonLogger on stderr at the configured level, secrets masked} */
   logger?: Logger;
+  /**
+   * Writes one line (no newline) to standard error: why the pulse cannot start,
+   * `pulse: <reason>`. @default {a synchronous write to stderr}
+   */
+  stderr?: (line: string) => void;
+}
+
+// Secrets shorter than this are not masked: replacing a 2-character password everywhere would
+// garble every line, and such a password is no protection anyway.
+const MIN_MASKED_SECRET = 4;
+
+// The secrets among the NATS settings: a password, a token, credentials in a URL.
+function secretsOf(nats: NatsBusOptions | undefined): string[] {
+  if (nats === undefined) return [];
+  const out = [nats.pass, nats.token];
+  for (const url of Array.isArray(nats.servers) ? nats.servers : [nats.servers]) {
+    if (redactUrl(url) === url) continue;
+    const rest = url.replace(/^[A-Za-z][A-Za-z0-9+.-]*:\/\//, "");
+    const userinfo = rest.slice(0, rest.lastIndexOf("@"));
+    const secret = userinfo.slice(userinfo.indexOf(":") + 1);
+    out.push(secret);
+    try {
+      out.push(decodeURIComponent(secret));
+    } catch { /* not percent-encoded */ }
+  }
+  const secrets = out.filter((s): s is string => s !== undefined && s.length >= MIN_MASKED_SECRET);
+  // Longest first: a secret containing another is masked whole.
+  return [...new Set(secrets)].sort((a, b) => b.length - a.length);
+}
+
+// A line writer that masks the given secrets (and their JSON-escaped forms): whatever a cause
+// says, a secret never reaches the log.
+function scrubbing(write: (line: string) => void, secrets: readonly string[]): (l: string) => void {
+  if (secrets.length === 0) return write;
+  const forms = [...new Set(secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]))];
+  return (line) => {
+    let out = line;
+    for (const s of forms) out = out.replaceAll(s, "***");
+    write(out);
+  };
+}
+
+const encoder = new TextEncoder();
+
+// One line to stderr, synchronously (as JsonLogger's own default writes).
+function writeStderr(line: string): void {
+  const bytes = encoder.encode(line + "\n");
+  let off = 0;
+  while (off < bytes.length) off += Deno.stderr.writeSync(bytes.subarray(off));
+}
+
+function messageOf(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  // One line, whatever the cause said.
+  return text.replace(/\s*\n\s*/g, "; ");
 }
 
 // Starts watching a keyring file; reloads and failures are logged (a bad file keeps the old keys).
@@ -251,12 +315,34 @@ async function watchKeyring(path: string, what: string, logger: Logger): Promise
   return watcher;
 }
 
+// Binds the HTTP server; a taken or refused address is one sentence naming it and the flag.
+function listen(pulse: Pulse, config: PulseConfig, logger: Logger): PulseHttpServer {
+  const { hostname, port } = config.http;
+  const addr = `${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
+  const source = config.httpSource ?? "--http";
+  const how = source === "--http" ? "--http HOST:PORT" : `${source} or --http HOST:PORT`;
+  try {
+    return servePulseHttp(pulse, { ...config.http, adminToken: config.adminToken, logger });
+  } catch (error) {
+    const why = error instanceof Deno.errors.AddrInUse
+      ? "address in use"
+      : error instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : error instanceof Deno.errors.AddrNotAvailable
+      ? "address not available"
+      : messageOf(error);
+    throw new Error(`Cannot listen on ${addr}: ${why} (change it with ${how})`, { cause: error });
+  }
+}
+
 /**
- * Runs a pulse process: loads its keys, connects the bus, starts the pulse and its HTTP server,
- * and on abort hands over (releasing the lease), shuts down and closes everything.
+ * Runs a pulse process: loads its keys, connects the bus, binds its HTTP server, starts the
+ * pulse, and on abort hands over (releasing the lease), shuts down and closes everything. The
+ * port is bound before the pulse competes for the lease, so a taken port fails before it leads.
+ * A failure to start is one line `pulse: <reason>` (URLs redacted, never a secret).
  *
  * @param config The configuration (from {@linkcode parsePulseArgs}).
- * @param options The stop signal and logger.
+ * @param options The stop signal, logger and error output.
  * @returns The exit code: 0 after a clean stop, 1 when startup failed.
  *
  * @example Run until aborted
@@ -269,12 +355,31 @@ async function watchKeyring(path: string, what: string, logger: Logger): Promise
  * ```
  */
 export async function runPulse(config: PulseConfig, options: RunPulseOptions): Promise<number> {
+  const stderr = scrubbing(options.stderr ?? writeStderr, [
+    ...secretsOf(config.nats),
+    ...(config.adminToken !== undefined ? [config.adminToken] : []),
+  ]);
   const logger = options.logger ??
-    new JsonLogger({ level: config.logLevel, fields: { service: "pulse" } });
+    new JsonLogger({
+      level: config.logLevel,
+      write: stderr,
+      fields: { service: "pulse", cluster: config.clusterId },
+    });
   let signingKey: SigningKey | undefined;
   const watchers: KeyringWatcher[] = [];
   let pulseKeyring: KeyringWatcher | undefined;
   let adminKeyring: KeyringWatcher | undefined;
+  let bus: Bus | undefined;
+  let pulse: Pulse | undefined;
+  let http: PulseHttpServer | undefined;
+  const fail = async (error: unknown): Promise<number> => {
+    stderr(`pulse: ${messageOf(error)}`);
+    await pulse?.stop().catch(() => {});
+    await http?.stop().catch(() => {});
+    await bus?.close().catch(() => {});
+    await Promise.all(watchers.map((w) => w.stop()));
+    return 1;
+  };
   try {
     // The messages name the file and the kind of failure, never a key's content.
     if (config.signingKeyFile !== undefined) {
@@ -289,56 +394,52 @@ export async function runPulse(config: PulseConfig, options: RunPulseOptions): P
       watchers.push(adminKeyring);
     }
   } catch (error) {
-    logger.error("cannot load keys", { error });
-    await Promise.all(watchers.map((w) => w.stop()));
-    return 1;
+    return await fail(new Error(`Cannot load keys: ${messageOf(error)}`, { cause: error }));
   }
-  let bus: Bus;
   try {
-    bus = config.natsServers.length > 0
+    // connectNatsBus's message names the (redacted) URL and the reason.
+    bus = config.nats !== undefined
       ? await connectNatsBus({
-        servers: [...config.natsServers],
+        ...config.nats,
         name: `backbeat-pulse${config.id ? `-${config.id}` : ""}`,
       })
       : new InMemoryBus();
   } catch (error) {
-    logger.error("cannot connect to NATS", { error, servers: config.natsServers });
-    await Promise.all(watchers.map((w) => w.stop()));
-    return 1;
+    return await fail(error);
   }
-  const pulse = new Pulse({
-    clusterId: config.clusterId,
-    bus,
-    tempoBpm: config.tempoBpm,
-    beatsPerBar: config.beatsPerBar,
-    phases: config.phases,
-    id: config.id,
-    logger,
-    signingKey,
-    pulseKeyring,
-    adminToken: config.adminToken,
-    adminKeyring,
-    control: config.control,
-  });
-  pulse.addEventListener("tempo", (e) => {
-    logger.info("tempo", { tempo_bpm: e.detail.tempoBpm, effective_beat: e.detail.effectiveBeat });
-  });
-  let http;
   try {
+    pulse = new Pulse({
+      clusterId: config.clusterId,
+      bus,
+      tempoBpm: config.tempoBpm,
+      beatsPerBar: config.beatsPerBar,
+      phases: config.phases,
+      id: config.id,
+      logger,
+      signingKey,
+      pulseKeyring,
+      adminToken: config.adminToken,
+      adminKeyring,
+      control: config.control,
+      replicas: config.replicas,
+    });
+    pulse.addEventListener("tempo", (e) => {
+      logger.info("tempo", {
+        tempo_bpm: e.detail.tempoBpm,
+        effective_beat: e.detail.effectiveBeat,
+      });
+    });
+    http = listen(pulse, config, logger);
     await pulse.start(options.signal);
-    http = servePulseHttp(pulse, { ...config.http, adminToken: config.adminToken, logger });
   } catch (error) {
-    logger.error("cannot start", { error });
-    await pulse.stop();
-    await bus.close();
-    await Promise.all(watchers.map((w) => w.stop()));
-    return 1;
+    return await fail(error);
   }
   logger.info("pulse running", {
     pulse_id: pulse.id,
     cluster_id: pulse.clusterId,
     role: pulse.role,
-    transport: config.natsServers.length > 0 ? "nats" : "embedded",
+    transport: config.nats !== undefined ? "nats" : "embedded",
+    nats: (bus as { url?: string }).url,
     http: http.url,
     signing_key_id: signingKey?.keyId,
     verifies_frames: pulseKeyring !== undefined,

@@ -156,11 +156,24 @@ export function pulseHttpHandler(
       await req.body?.cancel();
       return json(404, { error: `No route for ${req.method} ${path}` });
     }
+    if (get) {
+      const t = pulse.tempo();
+      const at = t.nextDownbeatAt;
+      return json(200, {
+        tempo_bpm: t.tempoBpm,
+        next_tempo_bpm: t.pending?.tempoBpm ?? null,
+        effective_beat: t.pending?.effectiveBeat ?? null,
+        next_downbeat: t.nextDownbeat,
+        next_downbeat_at: at === undefined ? null : new Date(Math.round(at)).toISOString(),
+        epoch: t.epoch,
+        role: t.role,
+      });
+    }
     if (req.method !== "POST") {
       await req.body?.cancel();
       return refuse(
         "method_not_allowed",
-        json(405, { error: `${req.method} is not allowed on /tempo` }, { allow: "POST" }),
+        json(405, { error: `${req.method} is not allowed on /tempo` }, { allow: "GET, POST" }),
       );
     }
     if (token !== undefined) {
@@ -212,7 +225,9 @@ export function pulseHttpHandler(
 
 /**
  * Serves a pulse's HTTP API with `Deno.serve`: `GET /healthz`, `GET /readyz` (200 when leading
- * or following a live leader, else 503), `GET /metrics` (Prometheus text) and `POST /tempo`
+ * or following a live leader, else 503), `GET /metrics` (Prometheus text), `GET /tempo`
+ * (`{tempo_bpm, next_tempo_bpm, effective_beat, next_downbeat, next_downbeat_at, epoch, role}`;
+ * `null` where nothing is scheduled or known) and `POST /tempo`
  * (`{"tempo_bpm": n}` → 200 `{tempo_bpm, effective_beat, forwarded}`; 400 on a malformed or
  * out-of-range request; 401 without the admin token when one is set; 413 over 4096 bytes; 503
  * when not running, or when a follower cannot forward it). Refused tempo requests are counted in

@@ -271,6 +271,8 @@ export interface LeadershipOptions {
   readonly leaseCheckIntervalMs?: number;
   /** How often the leader stores its last beat, ms. */
   readonly stateWriteIntervalMs: number;
+  /** JetStream replicas of the lease bucket. @default {1} */
+  readonly replicas?: number;
   /** Structured logger. */
   readonly logger: Logger;
 }
@@ -356,6 +358,7 @@ export class Leadership {
       renewIntervalMs: options.leaseRenewIntervalMs,
       checkIntervalMs: options.leaseCheckIntervalMs,
       clock: options.leaseClock,
+      replicas: options.replicas,
     });
     let probe: KvLease;
     try {
@@ -366,6 +369,7 @@ export class Leadership {
         holderId: `${options.pulseId}~probe`,
         ttlMs: options.leaseTtlMs,
         clock: options.leaseClock,
+        replicas: options.replicas,
       });
     } catch (error) {
       await lease.release();

@@ -1,4 +1,5 @@
 import {
+  answerTimeRequests,
   BackbeatError,
   type BeatFrame,
   type Bus,
@@ -61,6 +62,7 @@ import type {
   PulseOptions,
   PulseRole,
   PulseStatus,
+  PulseTempo,
   TempoChange,
 } from "./_types.ts";
 import { OrderedWork } from "./_work_queue.ts";
@@ -181,6 +183,9 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
   #stopped = false;
   #everLed = false;
   #subs: BusSubscription[] = [];
+  // Clock answers on the time subject: only while leading, so clients measure the clock whose
+  // beats they follow.
+  #timeAnswers: BusSubscription | undefined;
   #background = new Set<Promise<unknown>>();
   #abortCleanup: (() => void) | undefined;
   #takeovers = 0;
@@ -238,6 +243,10 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
     this.#clock = options.clock ?? new SystemClock({ spinMs: PULSE_SPIN_MS });
     if (options.originTime !== undefined && !Number.isFinite(options.originTime)) {
       throw new RangeError(`Invalid originTime ${options.originTime}: expected a finite number`);
+    }
+    const replicas = options.replicas;
+    if (replicas !== undefined && !(Number.isInteger(replicas) && replicas >= 1 && replicas <= 5)) {
+      throw new RangeError(`Invalid replicas ${replicas}: expected an integer from 1 to 5`);
     }
     if (options.signingKey !== undefined) assertSigningKey(options.signingKey);
     for (const name of ["pulseKeyring", "adminKeyring"] as const) {
@@ -543,6 +552,64 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
   }
 
   /**
+   * The tempo now, a scheduled change, and the next downbeat: from the timeline it leads, or, as
+   * a follower, from the frames it follows.
+   *
+   * @returns The tempo summary.
+   *
+   * @example Ask for the next downbeat
+   * ```ts
+   * import { Pulse } from "@chorus/backbeat/pulse";
+   * await using pulse = new Pulse({ clusterId: "dev", tempoBpm: 120 });
+   * await pulse.start();
+   * console.log(pulse.tempo().tempoBpm, pulse.tempo().nextDownbeat); // 120 0
+   * ```
+   */
+  tempo(): PulseTempo {
+    const last = this.#tracker.last;
+    if (this.#role !== "leader" && last) {
+      const frame = last.frame;
+      const next = frame.beat_index + 1;
+      const pos = this.#tracker.positionInBar(next);
+      const downbeat = pos === 0 ? next : next - pos + this.#tracker.beatsPerBar;
+      return {
+        tempoBpm: frame.tempo_bpm,
+        pending: frame.next_tempo_bpm === undefined || frame.next_tempo_bpm === frame.tempo_bpm
+          ? undefined
+          : { tempoBpm: frame.next_tempo_bpm, effectiveBeat: downbeat },
+        nextDownbeat: downbeat,
+        nextDownbeatAt: last.arrival + (downbeat - frame.beat_index) * 60_000 / frame.tempo_bpm,
+        epoch: frame.epoch ?? 0,
+        role: this.#role,
+      };
+    }
+    const tl = this.#loop.timeline;
+    if (this.#role !== "leader" && this.#role !== "stopped" && !this.#everLed) {
+      return {
+        tempoBpm: tl.tempoAt(0),
+        pending: undefined,
+        nextDownbeat: -1,
+        nextDownbeatAt: undefined,
+        epoch: this.epoch,
+        role: this.#role,
+      };
+    }
+    const next = Math.max(this.#loop.next, tl.segments[0].beat);
+    const downbeat = tl.isDownbeat(next) ? next : tl.barStart(next) + tl.beatsPerBar;
+    // The beat in force: the last published, or the first to come.
+    const now = Math.max(next - 1, tl.segments[0].beat);
+    const change = tl.pendingChange(now);
+    return {
+      tempoBpm: tl.tempoAt(now),
+      pending: change ? { tempoBpm: change.tempoBpm, effectiveBeat: change.beat } : undefined,
+      nextDownbeat: downbeat,
+      nextDownbeatAt: tl.dueAt(downbeat),
+      epoch: tl.epoch,
+      role: this.#role,
+    };
+  }
+
+  /**
    * Reads the pulse's counters and gauges.
    *
    * @returns A snapshot, including the publish lateness histogram.
@@ -657,6 +724,7 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
         leaseRenewIntervalMs: this.#options.leaseRenewIntervalMs,
         leaseCheckIntervalMs: this.#options.leaseCheckIntervalMs,
         stateWriteIntervalMs: this.#stateEveryMs,
+        replicas: this.#options.replicas,
         logger: this.#logger,
       }, this.#host());
       if (this.#stopped) {
@@ -728,6 +796,7 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
     this.#everLed = true;
     this.#takeovers++;
     this.#loop.run(plan.timeline, plan.next, token);
+    this.#answerTime();
     this.#logger.info("leading", {
       token,
       next_beat: plan.next,
@@ -751,6 +820,24 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
   #endTenure(): void {
     this.#loop.halt();
     this.#leadership?.interrupt();
+    this.#timeAnswers?.unsubscribe();
+    this.#timeAnswers = undefined;
+  }
+
+  // Answers clock requests on backbeat.<cluster>.time with the clock beats are scheduled by,
+  // signed with the frame key when there is one.
+  #answerTime(): void {
+    if (this.#timeAnswers) return;
+    try {
+      this.#timeAnswers = answerTimeRequests(this.#bus, this.clusterId, {
+        clock: this.#clock,
+        signingKey: this.#options.signingKey,
+        pulseId: this.id,
+      });
+    } catch (error) {
+      // Beats matter more than clock answers: lead on without them.
+      this.#error("Cannot answer clock requests", error);
+    }
   }
 
   // --- inbound messages ---

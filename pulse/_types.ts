@@ -76,6 +76,11 @@ export interface PulseOptions {
   leaseCheckIntervalMs?: number;
   /** Bars ahead whose window ids are derived in advance (1 to 256). @default {2} */
   windowLookaheadBars?: number;
+  /**
+   * JetStream replicas of the lease bucket `backbeat_<cluster>_pulse`, 1 to 5 (NATS only): 3 on
+   * a cluster of three or more nodes, so the lease outlives a node. @default {1}
+   */
+  replicas?: number;
   /** How often the leader saves its last beat to KV, ms (at least 10). @default {1000} */
   stateWriteIntervalMs?: number;
   /** Structured logger. @default {silentLogger} */
@@ -179,6 +184,25 @@ export interface PulseMetrics {
   readonly fencingToken: number;
   /** Publish instant minus due time, in seconds, of on-schedule frames. */
   readonly lateness: HistogramSnapshot;
+}
+
+/** The tempo of a pulse's timeline now: what `GET /tempo` answers. */
+export interface PulseTempo {
+  /** Tempo in force, BPM. */
+  readonly tempoBpm: number;
+  /** A scheduled change: its tempo and the downbeat it lands on; `undefined` when none. */
+  readonly pending: { readonly tempoBpm: number; readonly effectiveBeat?: number } | undefined;
+  /** The next downbeat's beat_index (-1 while a follower has seen no beat). */
+  readonly nextDownbeat: number;
+  /**
+   * When it is due, epoch ms (a follower's estimate from the beats it follows); `undefined`
+   * when unknown.
+   */
+  readonly nextDownbeatAt: number | undefined;
+  /** Epoch of the timeline (0: a timeline without epochs). */
+  readonly epoch: number;
+  /** The pulse's role. */
+  readonly role: PulseRole;
 }
 
 /** A summary of a pulse for health endpoints. */

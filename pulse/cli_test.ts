@@ -31,12 +31,14 @@ Deno.test("parsePulseArgs() reads flags, falls back to BACKBEAT_* variables, fla
   );
   assert.deepEqual(c, {
     clusterId: "prod",
-    natsServers: ["nats://a:4222", "nats://b:4222"],
+    nats: { servers: ["nats://a:4222", "nats://b:4222"] },
+    replicas: 1,
     tempoBpm: 120,
     beatsPerBar: 3,
     phases: ["plan", "execute", "review"],
     id: "p1",
     http: { hostname: "0.0.0.0", port: 9000 },
+    httpSource: "--http",
     adminToken: "tok",
     adminKeyringFile: undefined,
     control: true,
@@ -75,23 +77,13 @@ Deno.test("runPulse() exits 1 on an unreadable key file and never logs its conte
     // A JWK whose private part is malformed: the secret-looking text must not reach the log.
     await Deno.writeTextFile(path, '{"kty":"OKP","crv":"Ed25519","d":"SECRET-SEED","x":"AA"}');
     const lines: string[] = [];
-    const logger = {
-      debug() {},
-      info() {},
-      warn() {},
-      error(msg: string, fields?: Record<string, unknown>) {
-        lines.push(
-          JSON.stringify({ msg, ...fields }, (_k, v) => v instanceof Error ? v.message : v),
-        );
-      },
-    };
     const code = await runPulse(config(["--http", "127.0.0.1:0", "--signing-key", path]), {
       signal: new AbortController().signal,
-      logger,
+      stderr: (line) => lines.push(line),
     });
     assert.equal(code, 1);
     assert.equal(lines.length, 1);
-    assert.match(lines[0], /cannot load keys/);
+    assert.match(lines[0], /^pulse: Cannot load keys: /);
     assert.match(lines[0], /key\.json/);
     assert.doesNotMatch(lines[0], /SECRET-SEED/);
   } finally {
@@ -102,7 +94,8 @@ Deno.test("runPulse() exits 1 on an unreadable key file and never logs its conte
 Deno.test("parsePulseArgs() has working defaults and --help", () => {
   const c = config([]);
   assert.equal(c.clusterId, "chorus-dev");
-  assert.deepEqual(c.natsServers, []);
+  assert.equal(c.nats, undefined);
+  assert.equal(c.replicas, 1);
   assert.equal(c.tempoBpm, 2);
   assert.equal(c.beatsPerBar, 4);
   assert.deepEqual(c.http, { hostname: "127.0.0.1", port: 8080 });
@@ -175,4 +168,22 @@ Deno.test("runPulse() serves HTTP on an embedded bus and exits 0 when aborted", 
   assert.ok(lines.some((l) => l.msg === "pulse stopped"));
   // The listener is gone.
   await assert.rejects(fetch(`${url}/healthz`));
+});
+
+Deno.test("parsePulseArgs() takes the shared NATS flags: credentials, --replicas, redacted errors", () => {
+  const c = config(["--nats", "nats://n1:4222", "--nats-user", "alice", "--replicas", "3"], {
+    BACKBEAT_NATS_PASSWORD: "s3cret",
+  });
+  assert.deepEqual(c.nats, { servers: ["nats://n1:4222"], user: "alice", pass: "s3cret" });
+  assert.equal(c.replicas, 3);
+  assert.throws(() => parsePulseArgs(["--replicas", "7"]), RangeError);
+  assert.throws(() => parsePulseArgs(["--nats-user", "alice"]), /--nats-user without --nats/);
+  let message = "";
+  try {
+    parsePulseArgs(["--nats", "nats://alice:s3cret@127.0.0.1:4222", "--nats-token", "tok1"]);
+  } catch (error) {
+    message = (error as Error).message;
+  }
+  assert.match(message, /alice:\*\*\*@127\.0\.0\.1/);
+  assert.doesNotMatch(message, /s3cret/);
 });

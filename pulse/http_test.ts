@@ -121,11 +121,27 @@ Deno.test("POST /tempo needs the bearer token, rejects bad requests with 400, ap
     r = await post(url, "x".repeat(5000), "s3cret");
     assert.equal(r.status, 413);
     assert.equal(t.pulse.timeline.segments.length, 1);
-    r = await call(url, { headers: { authorization: "Bearer s3cret" } });
+    r = await call(url, { method: "DELETE", headers: { authorization: "Bearer s3cret" } });
     assert.equal(r.status, 405);
+    assert.equal(r.headers.get("allow"), "GET, POST");
+    // GET /tempo needs no token: the tempo is no secret.
+    r = await call(url);
+    assert.equal(r.status, 200);
+    const before = JSON.parse(r.text);
+    assert.equal(before.tempo_bpm, 120);
+    assert.equal(before.next_tempo_bpm, null);
+    assert.equal(before.effective_beat, null);
+    assert.equal(before.next_downbeat, 0);
+    assert.equal(before.next_downbeat_at, new Date(t.pulse.timeline.dueAt(0)).toISOString());
+    assert.equal(before.epoch, t.pulse.epoch);
+    assert.equal(before.role, "leader");
     r = await post(url, '{"tempo_bpm":60}', "s3cret");
     assert.equal(r.status, 200);
     assert.deepEqual(JSON.parse(r.text), { tempo_bpm: 60, effective_beat: 4, forwarded: false });
+    const after = JSON.parse((await call(url)).text);
+    assert.equal(after.tempo_bpm, 120);
+    assert.equal(after.next_tempo_bpm, 60);
+    assert.equal(after.effective_beat, 4);
     assert.equal(t.pulse.timeline.tempoAt(4), 60);
     // Every refusal above is counted by reason; the accepted request is not.
     const metrics = (await call(`${t.http.url}/metrics`)).text;

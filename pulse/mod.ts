@@ -37,6 +37,7 @@ export {
   type PulseOptions,
   PulseRole,
   type PulseStatus,
+  type PulseTempo,
   type PulseTenure,
   type TempoChange,
 } from "./_types.ts";

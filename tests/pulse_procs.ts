@@ -17,6 +17,8 @@ export interface PulseProc {
   readonly id: string;
   readonly child: Deno.ChildProcess;
   readonly lines: LogLine[];
+  /** Everything the process wrote to stdout, and every stderr line as written (raw text). */
+  readonly raw: { stdout: string; stderr: string[] };
   /**
    * Resolves with the HTTP URL once the pulse logs "pulse running"; rejects when the process
    * exits before that (a refused flag, a key that cannot be read), so no test waits forever.
@@ -39,10 +41,16 @@ export function spawnPulse(id: string, args: string[]): PulseProc {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "--id", id, "--http", "127.0.0.1:0", ...args],
     stdin: "null",
-    stdout: "null",
+    stdout: "piped",
     stderr: "piped",
   }).spawn();
   const lines: LogLine[] = [];
+  const raw = { stdout: "", stderr: [] as string[] };
+  const readingStdout = (async () => {
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      raw.stdout += chunk;
+    }
+  })();
   let resolveUrl!: (url: string) => void;
   let rejectUrl!: (error: Error) => void;
   const url = new Promise<string>((resolve, reject) => {
@@ -60,6 +68,7 @@ export function spawnPulse(id: string, args: string[]): PulseProc {
       while ((nl = buf.indexOf("\n")) >= 0) {
         const text = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
+        raw.stderr.push(text);
         let rec: Record<string, unknown>;
         try {
           rec = JSON.parse(text);
@@ -75,6 +84,7 @@ export function spawnPulse(id: string, args: string[]): PulseProc {
   const status = child.status.then(async (s) => {
     exited = true;
     await reading.catch(() => {});
+    await readingStdout.catch(() => {});
     const last = lines.slice(-3).map((l) => JSON.stringify(l.rec)).join("\n");
     rejectUrl(new Error(`pulse ${id} exited (code ${s.code}) before running:\n${last}`));
     return s;
@@ -89,6 +99,7 @@ export function spawnPulse(id: string, args: string[]): PulseProc {
     id,
     child,
     lines,
+    raw,
     url,
     signal,
     async close() {
