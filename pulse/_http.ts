@@ -148,7 +148,7 @@ export function pulseHttpHandler(
           last_beat_index: s.lastBeatIndex,
         });
       }
-      return new Response(renderPulseMetrics(pulse.metrics(), rejected), {
+      return new Response(renderPulseMetrics(pulse.metrics(), rejected, pulse.clusterId), {
         headers: { "content-type": PROMETHEUS_CONTENT_TYPE },
       });
     }

@@ -1,4 +1,4 @@
-import { logBuckets, PrometheusWriter } from "../service/mod.ts";
+import { logBuckets, type MetricLabels, PrometheusWriter } from "../service/mod.ts";
 import type { PulseMetrics } from "./_types.ts";
 
 /** Why a `POST /tempo` was refused: the `reason` label of `backbeat_pulse_http_rejected_total`. */
@@ -29,20 +29,14 @@ const FRAME_REJECT_REASONS = [
   "overload",
 ];
 
-// One counter family with a sample per reason (the writer heads each sample on its own).
-function reasonFamily(
-  name: string,
-  help: string,
+// One sample per reason: the always-listed ones (so a dashboard sees 0 before the first), then
+// any others seen.
+function byReason(
   counts: Readonly<Record<string, number>>,
   always: readonly string[],
-): string {
-  const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} counter`];
+): [MetricLabels, number][] {
   const reasons = [...always, ...Object.keys(counts).filter((r) => !always.includes(r)).sort()];
-  for (const r of reasons) {
-    const label = r.replace(/[^a-z0-9_]/gi, "_");
-    lines.push(`${name}{reason="${label}"} ${counts[r] ?? 0}`);
-  }
-  return lines.join("\n") + "\n";
+  return reasons.map((r) => [{ reason: r.replace(/[^a-z0-9_]/gi, "_") }, counts[r] ?? 0]);
 }
 
 // The exposition shows 1, 2.5 and 5 per decade; the histogram itself keeps ten per decade.
@@ -56,6 +50,7 @@ const EXPORTED_BOUNDS: readonly number[] = logBuckets(-6, 1).filter((b) => {
  *
  * @param m A snapshot from {@linkcode Pulse.metrics}.
  * @param httpRejected Refused `POST /tempo` requests by reason (the HTTP server's own count).
+ * @param clusterId The `cluster` label of every sample. @default {undefined (no label)}
  * @returns The exposition text.
  *
  * @example Render metrics
@@ -70,8 +65,9 @@ const EXPORTED_BOUNDS: readonly number[] = logBuckets(-6, 1).filter((b) => {
 export function renderPulseMetrics(
   m: PulseMetrics,
   httpRejected: Readonly<Record<string, number>> = {},
+  clusterId?: string,
 ): string {
-  const text = new PrometheusWriter()
+  return new PrometheusWriter(clusterId === undefined ? {} : { cluster: clusterId })
     .counter(
       "backbeat_pulse_beats_published_total",
       "Beat frames published by this pulse.",
@@ -130,24 +126,20 @@ export function renderPulseMetrics(
       "KV lease checks prompted by unverified frames with a higher fencing token.",
       m.fencingChecks,
     )
-    .toString();
-  return text +
-    reasonFamily(
+    .counter(
       "backbeat_pulse_control_rejected_total",
       "Control messages refused, by reason.",
-      m.controlRejectedByReason,
-      Object.keys(m.controlRejectedByReason),
-    ) +
-    reasonFamily(
+      byReason(m.controlRejectedByReason, Object.keys(m.controlRejectedByReason)),
+    )
+    .counter(
       "backbeat_pulse_frames_rejected_total",
       "Frames of other pulses refused, by reason.",
-      m.framesRejectedByReason,
-      FRAME_REJECT_REASONS,
-    ) +
-    reasonFamily(
+      byReason(m.framesRejectedByReason, FRAME_REJECT_REASONS),
+    )
+    .counter(
       "backbeat_pulse_http_rejected_total",
       "POST /tempo requests refused, by reason.",
-      httpRejected,
-      HTTP_REJECT_REASONS,
-    );
+      byReason(httpRejected, HTTP_REJECT_REASONS),
+    )
+    .toString();
 }

@@ -65,7 +65,10 @@ Deno.test("GET /metrics serves the Prometheus text format with the pulse's count
     const r = await call(`${t.http.url}/metrics`);
     assert.equal(r.status, 200);
     assert.equal(r.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
-    const lines = r.text.split("\n");
+    // Every sample carries the cluster label; the lookups name the others.
+    assert.match(r.text, /^backbeat_pulse_leader\{cluster="[^"]+"\} 1$/m);
+    const lines = r.text.split("\n")
+      .map((l) => l.replace(/cluster="[^"]*",?/, "").replace(/,\}/, "}").replace("{}", ""));
     const value = (name: string) => {
       const line = lines.find((l) => l.startsWith(name + " "));
       assert.ok(line, `${name} missing`);
@@ -147,7 +150,10 @@ Deno.test("POST /tempo needs the bearer token, rejects bad requests with 400, ap
     const metrics = (await call(`${t.http.url}/metrics`)).text;
     const rejected = (reason: string) =>
       Number(
-        new RegExp(`^backbeat_pulse_http_rejected_total\\{reason="${reason}"\\} (\\d+)$`, "m")
+        new RegExp(
+          `^backbeat_pulse_http_rejected_total\\{cluster="[^"]+",reason="${reason}"\\} (\\d+)$`,
+          "m",
+        )
           .exec(metrics)?.[1],
       );
     assert.equal(rejected("unauthorized"), 2);
@@ -170,7 +176,10 @@ Deno.test("POST /tempo without an admin token configured is open; a stopped puls
     r = await post(url, '{"tempo_bpm":30}');
     assert.equal(r.status, 200);
     const metrics = (await call(`${t.http.url}/metrics`)).text;
-    assert.match(metrics, /^backbeat_pulse_http_rejected_total\{reason="unavailable"\} 1$/m);
+    assert.match(
+      metrics,
+      /^backbeat_pulse_http_rejected_total\{cluster="[^"]+",reason="unavailable"\} 1$/m,
+    );
   } finally {
     await t.done();
   }

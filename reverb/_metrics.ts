@@ -7,7 +7,7 @@
 // one head per family and puts all its samples under it. It belongs in service/ (pulse needs
 // the same); until it moves there it lives here.
 
-import type { HistogramSnapshot, MetricLabels } from "../service/mod.ts";
+import { type MetricLabels, type MetricSample, PrometheusWriter } from "../service/mod.ts";
 import { REJECT_REASONS } from "./_intake.ts";
 import { FRAME_REJECT_REASONS, type ReverbMetrics } from "./_reverb.ts";
 
@@ -28,102 +28,7 @@ const VERIFY_EXPORT_BOUNDS: readonly number[] = [
   1,
 ];
 
-/** One sample of a family: its own labels (beside the writer's) and its value. */
-type Sample = readonly [labels: MetricLabels, value: number];
-
-function escapeLabel(v: string): string {
-  return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
-}
-
-function escapeHelp(v: string): string {
-  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
-}
-
-function formatValue(v: number): string {
-  if (Number.isNaN(v)) return "NaN";
-  if (v === Infinity) return "+Inf";
-  if (v === -Infinity) return "-Inf";
-  return String(v);
-}
-
-/**
- * Writes metric families: one `# HELP` and `# TYPE` per family, then its samples, each with the
- * writer's base labels first. A family written twice is a bug (the output would be invalid), so
- * it throws.
- */
-class FamilyWriter {
-  readonly #base: MetricLabels;
-  readonly #lines: string[] = [];
-  readonly #names = new Set<string>();
-
-  constructor(base: MetricLabels) {
-    this.#base = base;
-  }
-
-  #labels(labels: MetricLabels, extra?: string): string {
-    const parts = Object.entries({ ...this.#base, ...labels }).map(
-      ([k, v]) => `${k}="${escapeLabel(v)}"`,
-    );
-    if (extra !== undefined) parts.push(extra);
-    return parts.length > 0 ? `{${parts.join(",")}}` : "";
-  }
-
-  #head(name: string, help: string, type: "counter" | "gauge" | "histogram"): void {
-    if (this.#names.has(name)) throw new Error(`metric family ${name} written twice`);
-    this.#names.add(name);
-    this.#lines.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
-  }
-
-  #family(
-    type: "counter" | "gauge",
-    name: string,
-    help: string,
-    samples: number | readonly Sample[],
-  ): this {
-    this.#head(name, help, type);
-    const list: readonly Sample[] = typeof samples === "number" ? [[{}, samples]] : samples;
-    for (const [labels, value] of list) {
-      this.#lines.push(`${name}${this.#labels(labels)} ${formatValue(value)}`);
-    }
-    return this;
-  }
-
-  counter(name: string, help: string, samples: number | readonly Sample[]): this {
-    return this.#family("counter", name, help, samples);
-  }
-
-  gauge(name: string, help: string, samples: number | readonly Sample[]): this {
-    return this.#family("gauge", name, help, samples);
-  }
-
-  // `exportBounds` (a subset of the snapshot's bounds) keeps the exposition short while the
-  // histogram itself stays fine-grained.
-  histogram(
-    name: string,
-    help: string,
-    s: HistogramSnapshot,
-    exportBounds: readonly number[],
-  ): this {
-    this.#head(name, help, "histogram");
-    const wanted = new Set(exportBounds);
-    let cumulative = 0;
-    for (let i = 0; i < s.bounds.length; i++) {
-      cumulative += s.counts[i];
-      if (!wanted.has(s.bounds[i])) continue;
-      this.#lines.push(
-        `${name}_bucket${this.#labels({}, `le="${formatValue(s.bounds[i])}"`)} ${cumulative}`,
-      );
-    }
-    this.#lines.push(`${name}_bucket${this.#labels({}, 'le="+Inf"')} ${s.count}`);
-    this.#lines.push(`${name}_sum${this.#labels({})} ${formatValue(s.sum)}`);
-    this.#lines.push(`${name}_count${this.#labels({})} ${s.count}`);
-    return this;
-  }
-
-  toString(): string {
-    return this.#lines.join("\n") + "\n";
-  }
-}
+type Sample = MetricSample;
 
 function byReason(
   reasons: readonly string[],
@@ -148,7 +53,7 @@ function byReason(
  * ```
  */
 export function renderReverbMetrics(m: ReverbMetrics): string {
-  return new FamilyWriter({ cluster: m.clusterId })
+  return new PrometheusWriter({ cluster: m.clusterId })
     .counter("backbeat_reverb_claims_accepted_total", "Status claims accepted.", m.claimsAccepted)
     .counter(
       "backbeat_reverb_claims_signed_total",

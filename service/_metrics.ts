@@ -168,8 +168,15 @@ export function quantile(s: HistogramSnapshot, q: number): number {
 /** Prometheus label names to values. */
 export type MetricLabels = Readonly<Record<string, string>>;
 
+/** One sample of a family: its own labels (beside the writer's) and its value. */
+export type MetricSample = readonly [labels: MetricLabels, value: number];
+
 function escapeLabel(v: string): string {
   return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function escapeHelp(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
 }
 
 function formatValue(v: number): string {
@@ -179,60 +186,90 @@ function formatValue(v: number): string {
   return String(v);
 }
 
-function labelText(labels: MetricLabels | undefined, extra?: string): string {
-  const parts = Object.entries(labels ?? {}).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
-  if (extra) parts.push(extra);
-  return parts.length ? `{${parts.join(",")}}` : "";
-}
-
 /**
- * Builds a Prometheus text exposition (format 0.0.4), one metric family at a time.
+ * Builds a Prometheus text exposition (format 0.0.4): one `# HELP` and `# TYPE` per family, then
+ * its samples, each with the writer's base labels (e.g. `cluster`) first. A family may hold
+ * several labelled samples (one per reason); writing a family twice would make the output
+ * invalid, so it throws.
  *
- * @example Write a counter and a gauge
+ * @example A counter by reason, for one cluster
  * ```ts
  * import { PrometheusWriter } from "./mod.ts";
- * const w = new PrometheusWriter();
+ * const w = new PrometheusWriter({ cluster: "dev" });
  * w.counter("backbeat_pulse_beats_published_total", "Beat frames published.", 42);
- * w.gauge("backbeat_pulse_leader", "1 when this pulse leads.", 1);
+ * w.counter("backbeat_pulse_frames_rejected_total", "Frames refused, by reason.", [
+ *   [{ reason: "schema" }, 3],
+ *   [{ reason: "bad_signature" }, 1],
+ * ]);
  * console.log(w.toString());
  * ```
  */
 export class PrometheusWriter {
-  #lines: string[] = [];
+  readonly #base: MetricLabels;
+  readonly #lines: string[] = [];
+  readonly #names = new Set<string>();
 
-  #head(name: string, help: string, type: string): void {
-    this.#lines.push(`# HELP ${name} ${help.replace(/\\/g, "\\\\").replace(/\n/g, "\\n")}`);
-    this.#lines.push(`# TYPE ${name} ${type}`);
+  /**
+   * Creates an empty exposition.
+   *
+   * @param base Labels every sample carries. @default {{}}
+   */
+  constructor(base: MetricLabels = {}) {
+    this.#base = base;
+  }
+
+  #labels(labels: MetricLabels, extra?: string): string {
+    const parts = Object.entries({ ...this.#base, ...labels }).map(
+      ([k, v]) => `${k}="${escapeLabel(v)}"`,
+    );
+    if (extra !== undefined) parts.push(extra);
+    return parts.length > 0 ? `{${parts.join(",")}}` : "";
+  }
+
+  #head(name: string, help: string, type: "counter" | "gauge" | "histogram"): void {
+    if (this.#names.has(name)) throw new Error(`metric family ${name} written twice`);
+    this.#names.add(name);
+    this.#lines.push(`# HELP ${name} ${escapeHelp(help)}`, `# TYPE ${name} ${type}`);
+  }
+
+  #family(
+    type: "counter" | "gauge",
+    name: string,
+    help: string,
+    samples: number | readonly MetricSample[],
+  ): this {
+    this.#head(name, help, type);
+    const list: readonly MetricSample[] = typeof samples === "number" ? [[{}, samples]] : samples;
+    for (const [labels, value] of list) {
+      this.#lines.push(`${name}${this.#labels(labels)} ${formatValue(value)}`);
+    }
+    return this;
   }
 
   /**
-   * Adds a counter.
+   * Adds a counter family.
    *
    * @param name Metric name (ending in `_total`).
    * @param help One-line description.
-   * @param value Current value.
-   * @param labels Optional labels.
+   * @param samples The value, or labelled samples.
    * @returns This writer.
+   * @throws {Error} When the family was already written.
    */
-  counter(name: string, help: string, value: number, labels?: MetricLabels): this {
-    this.#head(name, help, "counter");
-    this.#lines.push(`${name}${labelText(labels)} ${formatValue(value)}`);
-    return this;
+  counter(name: string, help: string, samples: number | readonly MetricSample[]): this {
+    return this.#family("counter", name, help, samples);
   }
 
   /**
-   * Adds a gauge.
+   * Adds a gauge family.
    *
    * @param name Metric name.
    * @param help One-line description.
-   * @param value Current value.
-   * @param labels Optional labels.
+   * @param samples The value, or labelled samples.
    * @returns This writer.
+   * @throws {Error} When the family was already written.
    */
-  gauge(name: string, help: string, value: number, labels?: MetricLabels): this {
-    this.#head(name, help, "gauge");
-    this.#lines.push(`${name}${labelText(labels)} ${formatValue(value)}`);
-    return this;
+  gauge(name: string, help: string, samples: number | readonly MetricSample[]): this {
+    return this.#family("gauge", name, help, samples);
   }
 
   /**
@@ -243,15 +280,14 @@ export class PrometheusWriter {
    * @param help One-line description.
    * @param s The snapshot.
    * @param exportBounds Bounds to expose. @default {every bound}
-   * @param labels Optional labels.
    * @returns This writer.
+   * @throws {Error} When the family was already written.
    */
   histogram(
     name: string,
     help: string,
     s: HistogramSnapshot,
     exportBounds?: readonly number[],
-    labels?: MetricLabels,
   ): this {
     this.#head(name, help, "histogram");
     const wanted = exportBounds ? new Set(exportBounds) : undefined;
@@ -260,12 +296,12 @@ export class PrometheusWriter {
       cumulative += s.counts[i];
       if (wanted && !wanted.has(s.bounds[i])) continue;
       this.#lines.push(
-        `${name}_bucket${labelText(labels, `le="${formatValue(s.bounds[i])}"`)} ${cumulative}`,
+        `${name}_bucket${this.#labels({}, `le="${formatValue(s.bounds[i])}"`)} ${cumulative}`,
       );
     }
-    this.#lines.push(`${name}_bucket${labelText(labels, 'le="+Inf"')} ${s.count}`);
-    this.#lines.push(`${name}_sum${labelText(labels)} ${formatValue(s.sum)}`);
-    this.#lines.push(`${name}_count${labelText(labels)} ${s.count}`);
+    this.#lines.push(`${name}_bucket${this.#labels({}, 'le="+Inf"')} ${s.count}`);
+    this.#lines.push(`${name}_sum${this.#labels({})} ${formatValue(s.sum)}`);
+    this.#lines.push(`${name}_count${this.#labels({})} ${s.count}`);
     return this;
   }
 

@@ -41,7 +41,7 @@ Deno.test("PrometheusWriter writes counters, gauges and cumulative histogram buc
   const h = new Histogram([0.1, 0.2, 0.5]);
   for (const v of [0.05, 0.15, 0.15, 0.3, 9]) h.observe(v);
   const text = new PrometheusWriter()
-    .counter("x_total", "Things.", 3, { job: 'a"b' })
+    .counter("x_total", "Things.", [[{ job: 'a"b' }, 3]])
     .gauge("y", "Level.", -Infinity)
     .histogram("z_seconds", "Latency.", h.snapshot(), [0.2, 0.5])
     .toString();
@@ -64,4 +64,19 @@ Deno.test("PrometheusWriter writes counters, gauges and cumulative histogram buc
       "",
     ].join("\n"),
   );
+});
+
+Deno.test("PrometheusWriter: base labels on every sample, several samples per family, no family twice", () => {
+  const h = new Histogram([0.1]);
+  h.observe(0.05);
+  const w = new PrometheusWriter({ cluster: "dev" })
+    .counter("r_total", "By reason.", [[{ reason: "a" }, 1], [{ reason: "b" }, 2]])
+    .histogram("l_seconds", "Latency.", h.snapshot());
+  const text = w.toString();
+  assert.equal(text.match(/# TYPE r_total/g)?.length, 1);
+  assert.match(text, /^r_total\{cluster="dev",reason="a"\} 1$/m);
+  assert.match(text, /^r_total\{cluster="dev",reason="b"\} 2$/m);
+  assert.match(text, /^l_seconds_bucket\{cluster="dev",le="0.1"\} 1$/m);
+  assert.match(text, /^l_seconds_count\{cluster="dev"\} 1$/m);
+  assert.throws(() => w.gauge("r_total", "Again.", 1), /written twice/);
 });

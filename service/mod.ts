@@ -29,12 +29,6 @@ export {
   type KeyringWatcherEventMap,
   type KeyringWatcherOptions,
 } from "./_keyring_watcher.ts";
-export {
-  NATS_FLAG_SPECS,
-  NATS_FLAGS_HELP,
-  type NatsFlagSettings,
-  natsSettingsFromFlags,
-} from "./_nats_flags.ts";
 export { JsonLogger, type JsonLoggerOptions, LOG_LEVELS, LogLevel, parseLogLevel } from "./_log.ts";
 export {
   DEFAULT_LATENCY_BOUNDS_SECONDS,
@@ -42,7 +36,14 @@ export {
   type HistogramSnapshot,
   logBuckets,
   type MetricLabels,
+  type MetricSample,
   PROMETHEUS_CONTENT_TYPE,
   PrometheusWriter,
   quantile,
 } from "./_metrics.ts";
+export {
+  NATS_FLAG_SPECS,
+  NATS_FLAGS_HELP,
+  type NatsFlagSettings,
+  natsSettingsFromFlags,
+} from "./_nats_flags.ts";

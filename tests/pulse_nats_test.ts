@@ -200,7 +200,10 @@ Deno.test("three pulse processes on NATS: one leader, takeovers, a deposed leade
         }
         assertContinuous(frames.slice(Math.max(0, from - 3)));
         const metrics = await (await fetch(`${await proc(leader).url}/metrics`)).text();
-        assert.match(metrics, /^backbeat_pulse_control_rejected_total\{reason="invalid"\} 2$/m);
+        assert.match(
+          metrics,
+          /^backbeat_pulse_control_rejected_total\{cluster="[^"]+",reason="invalid"\} 2$/m,
+        );
 
         const res = await fetch(`${await follower.url}/tempo`, {
           method: "POST",

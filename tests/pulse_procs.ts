@@ -262,6 +262,9 @@ export async function writeKeyFiles(owners: readonly string[]): Promise<KeyFiles
  */
 export async function metric(url: string, sample: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${sample} `));
+  // Every sample carries a cluster label; the caller names the others.
+  const line = text.split("\n")
+    .map((l) => l.replace(/cluster="[^"]*",?/, "").replace(/,\}/, "}").replace("{}", ""))
+    .find((l) => l.startsWith(`${sample} `));
   return line === undefined ? NaN : Number(line.slice(sample.length + 1));
 }
