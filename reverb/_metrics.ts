@@ -7,7 +7,7 @@
 // one head per family and puts all its samples under it. It belongs in service/ (pulse needs
 // the same); until it moves there it lives here.
 
-import { type MetricLabels, type MetricSample, PrometheusWriter } from "../service/mod.ts";
+import { type MetricSample, PrometheusWriter } from "../service/mod.ts";
 import { REJECT_REASONS } from "./_intake.ts";
 import { FRAME_REJECT_REASONS, type ReverbMetrics } from "./_reverb.ts";
 
