@@ -61,6 +61,14 @@ export interface TenurePlan {
   readonly next: number;
   /** The last beat known to be published before (-1 for none). */
   readonly last: number;
+  /**
+   * Beats of the stored timeline that no pulse published: due after the last state write (plus
+   * one write interval, for the writes' own lag) and before this tenure, with no frame of them
+   * seen. 0 when the timeline is new or nothing was missed.
+   */
+  readonly unpublished: number;
+  /** The stored timeline's tempo when it differs from the configured one (the stored one wins). */
+  readonly keptTempo?: { readonly stored: number; readonly configured: number };
 }
 
 /** What {@linkcode planTenure} decides from. */
@@ -84,6 +92,8 @@ export interface TenureInput {
   readonly listeningSince: number;
   /** The pulse's clock. */
   readonly clock: Clock;
+  /** How often the leader writes its state (the stored last beat lags by up to this). @default {1000} */
+  readonly stateWriteIntervalMs?: number;
   /** Where an unreadable stored timeline is reported. */
   readonly logger: Logger;
 }
@@ -142,6 +152,7 @@ export async function planTenure(input: TenureInput): Promise<TenurePlan> {
   const { stored, tracker, current, clock } = input;
   const now = clock.now();
   let tl: Timeline | undefined;
+  let storedTimeline: Timeline | undefined;
   let floorEpoch = 0;
   let last = -1;
   if (stored) {
@@ -149,12 +160,12 @@ export async function planTenure(input: TenureInput): Promise<TenurePlan> {
     const e = (stored.timeline as { epoch?: unknown } | undefined)?.epoch;
     if (typeof e === "number" && Number.isSafeInteger(e) && e >= 0) floorEpoch = e;
     try {
-      tl = readStoredTimeline(stored, input.clusterId);
+      tl = storedTimeline = readStoredTimeline(stored, input.clusterId);
       if (!(tl.beatAt(now) < MAX_CONTINUED_BEAT)) {
         throw new RangeError("its current beat is beyond the safe range");
       }
     } catch (error) {
-      tl = undefined;
+      tl = storedTimeline = undefined;
       input.logger.warn("ignoring unreadable stored timeline", { error });
     }
     const b = stored.last_beat;
@@ -213,7 +224,22 @@ export async function planTenure(input: TenureInput): Promise<TenurePlan> {
     }
   }
   const next = last < 0 ? Math.max(0, tl.segments[0].beat) : last + 1;
-  return { timeline: tl, next, last };
+  let unpublished = 0;
+  let keptTempo: TenurePlan["keptTempo"];
+  if (stored && tl && tl === storedTimeline) {
+    const writtenAt = Date.parse(stored.updated_at);
+    if (Number.isFinite(writtenAt)) {
+      // Beats due up to one write interval after the last write were likely published (the
+      // stored last beat lags); later ones were not, unless a frame of them was seen.
+      const lag = input.stateWriteIntervalMs ?? 1_000;
+      const surely = Math.max(tl.beatAt(writtenAt + lag), seen?.frame.beat_index ?? -1);
+      unpublished = Math.max(0, Math.min(next - 1 - surely, MAX_CONTINUED_BEAT));
+    }
+    const kept = tl.tempoAt(next);
+    const configured = current.tempoAt(current.segments.at(-1)!.beat);
+    if (kept !== configured) keptTempo = { stored: kept, configured };
+  }
+  return { timeline: tl, next, last, unpublished, ...(keptTempo ? { keptTempo } : {}) };
 }
 
 /** What {@linkcode Leadership} needs from the pulse it serves. */
@@ -524,6 +550,7 @@ export class Leadership {
         keepCurrent: this.#host.keepTimeline(),
         listeningSince: this.#o.listeningSince,
         clock: this.#o.clock,
+        stateWriteIntervalMs: this.#o.stateWriteIntervalMs,
         logger: this.#o.logger,
       });
       led = await this.#host.lead(token, plan, current);

@@ -100,6 +100,11 @@ export function renderPulseMetrics(
       "Times this pulse became leader.",
       m.takeovers,
     )
+    .counter(
+      "backbeat_pulse_beats_unpublished_total",
+      "Beats of the timeline no pulse published, found at takeovers (due while none led).",
+      m.beatsUnpublished,
+    )
     .gauge("backbeat_pulse_tempo_bpm", "Tempo in force, beats per minute.", m.tempoBpm)
     .gauge(
       "backbeat_pulse_last_beat_index",

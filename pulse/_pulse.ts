@@ -189,6 +189,7 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
   #background = new Set<Promise<unknown>>();
   #abortCleanup: (() => void) | undefined;
   #takeovers = 0;
+  #beatsUnpublished = 0;
   readonly #frameRejections: Rejections;
   readonly #controlRejections: Rejections;
   readonly #frameWork: OrderedWork;
@@ -629,6 +630,7 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
       beatsSkipped: loop.skipped,
       publishErrors: loop.publishErrors,
       takeovers: this.#takeovers,
+      beatsUnpublished: this.#beatsUnpublished,
       controlRejected: this.#controlRejections.total,
       controlRejectedByReason: this.#controlCounts(),
       framesRejected: this.#frameRejections.total,
@@ -797,6 +799,23 @@ export class Pulse extends IsolatedEventTarget<PulseEventMap> {
     this.#takeovers++;
     this.#loop.run(plan.timeline, plan.next, token);
     this.#answerTime();
+    if (plan.keptTempo) {
+      // A restarted pulse keeps the cluster's timeline: say so, or a new --tempo looks ignored.
+      this.#logger.info("kept the stored timeline's tempo", {
+        tempo_bpm: plan.keptTempo.stored,
+        configured_tempo_bpm: plan.keptTempo.configured,
+        why:
+          "the cluster's timeline is in KV; change its tempo with POST /tempo or `backbeat tempo set`",
+      });
+    }
+    if (plan.unpublished > 0) {
+      this.#beatsUnpublished += plan.unpublished;
+      this.#logger.warn("beats were never published while no pulse led", {
+        beats: plan.unpublished,
+        from_beat: plan.next - plan.unpublished,
+        to_beat: plan.next - 1,
+      });
+    }
     this.#logger.info("leading", {
       token,
       next_beat: plan.next,

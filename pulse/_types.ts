@@ -155,6 +155,8 @@ export interface PulseMetrics {
   readonly publishErrors: number;
   /** Times this pulse became leader. */
   readonly takeovers: number;
+  /** Beats of the cluster's timeline that no pulse published (due while none led). */
+  readonly beatsUnpublished: number;
   /** Control messages refused, all reasons. */
   readonly controlRejected: number;
   /** Control messages refused, by {@linkcode ControlRejectReason}. */

@@ -264,3 +264,29 @@ Deno.test("planTenure() bounds what stored state can do: huge last beats, too ma
   const slowed = await planTenure(input({ stored: storedAt(fast, 3), logger }));
   assert.equal(slowed.timeline.tempoAt(slowed.next), 120);
 });
+
+Deno.test("planTenure() counts the beats no pulse published and says when the stored tempo wins", async () => {
+  const storedTl = new Timeline({ originTime: NOW - 60_000, tempoBpm: 120, epoch: 7 });
+  const stored: StoredState = {
+    version: 1,
+    cluster_id: "c1",
+    timeline: storedTl.toJSON(),
+    last_beat: 20,
+    holder: "p0",
+    // Written at beat 20 (10 s in), then every pulse was gone for 50 s.
+    updated_at: new Date(NOW - 50_000).toISOString(),
+  };
+  // This pulse has listened since now: beats due before were not seen.
+  const plan = await planTenure(
+    input({ stored, current: new Timeline({ originTime: 0, tempoBpm: 60 }), listeningSince: NOW }),
+  );
+  assert.equal(plan.timeline.tempoAt(plan.next), 120);
+  assert.deepEqual(plan.keptTempo, { stored: 120, configured: 60 });
+  // From two beats after the write (one write interval: the stored beat lags) to the one before
+  // `next`, no pulse published.
+  assert.equal(plan.unpublished, plan.next - 1 - storedTl.beatAt(NOW - 50_000 + 1_000));
+  assert.ok(plan.unpublished > 90, `${plan.unpublished}`);
+  const fresh = await planTenure(input({}));
+  assert.equal(fresh.unpublished, 0);
+  assert.equal(fresh.keptTempo, undefined);
+});
