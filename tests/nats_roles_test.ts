@@ -21,6 +21,7 @@ import { BackbeatError, subjects } from "../core/mod.ts";
 import { connectNatsBus, kvBucketName, type NatsBusLike, openKvLease } from "../nats/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
 import { Reverb } from "../reverb/mod.ts";
+import { renderAuth } from "./nats_config.ts";
 import { type NatsServer, startNatsServer } from "./nats_server.ts";
 import { makeTestPki, type TestPki } from "./tls.ts";
 import { until } from "./until.ts";
@@ -72,21 +73,6 @@ async function namesFor(cluster: string): Promise<Names> {
     reverbBucket: await kvBucketName(cluster, "reverb"),
     barStream: barStreamName(cluster),
   };
-}
-
-/**
- * The documented cluster-id substitution (README.md, "Another cluster id"): the three forms of
- * `prod` in backbeat-auth.conf become the names the library computes for `names.cluster`.
- */
-function renderAuth(text: string, names: Names): string {
-  const out = text
-    .replaceAll("backbeat.prod.", `backbeat.${names.cluster}.`)
-    .replaceAll("backbeat_prod_pulse", names.pulseBucket)
-    .replaceAll("backbeat_prod_reverb", names.reverbBucket)
-    .replaceAll("BACKBEAT_PROD_BARS", names.barStream);
-  const left = out.split("\n").filter((l) => !l.trimStart().startsWith("#") && /prod/i.test(l));
-  assert.deepEqual(left, [], "every `prod` outside comments is substituted");
-  return out;
 }
 
 interface Secured {
