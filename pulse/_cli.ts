@@ -10,7 +10,7 @@ import {
   readSigningKeyFile,
   type SigningKey,
 } from "../core/mod.ts";
-import { connectNatsBus, type NatsBusOptions, redactUrl } from "../nats/mod.ts";
+import { connectNatsBus, type NatsBusOptions } from "../nats/mod.ts";
 import {
   type EnvVars,
   type FlagSpec,
@@ -25,6 +25,8 @@ import {
   parseHostPort,
   parseLogLevel,
   parseNumber,
+  scrubbing,
+  secretsOf,
 } from "../service/mod.ts";
 import {
   DEFAULT_PULSE_HTTP_HOSTNAME,
@@ -252,41 +254,6 @@ export interface RunPulseOptions {
   stderr?: (line: string) => void;
 }
 
-// Secrets shorter than this are not masked: replacing a 2-character password everywhere would
-// garble every line, and such a password is no protection anyway.
-const MIN_MASKED_SECRET = 4;
-
-// The secrets among the NATS settings: a password, a token, credentials in a URL.
-function secretsOf(nats: NatsBusOptions | undefined): string[] {
-  if (nats === undefined) return [];
-  const out = [nats.pass, nats.token];
-  for (const url of Array.isArray(nats.servers) ? nats.servers : [nats.servers]) {
-    if (redactUrl(url) === url) continue;
-    const rest = url.replace(/^[A-Za-z][A-Za-z0-9+.-]*:\/\//, "");
-    const userinfo = rest.slice(0, rest.lastIndexOf("@"));
-    const secret = userinfo.slice(userinfo.indexOf(":") + 1);
-    out.push(secret);
-    try {
-      out.push(decodeURIComponent(secret));
-    } catch { /* not percent-encoded */ }
-  }
-  const secrets = out.filter((s): s is string => s !== undefined && s.length >= MIN_MASKED_SECRET);
-  // Longest first: a secret containing another is masked whole.
-  return [...new Set(secrets)].sort((a, b) => b.length - a.length);
-}
-
-// A line writer that masks the given secrets (and their JSON-escaped forms): whatever a cause
-// says, a secret never reaches the log.
-function scrubbing(write: (line: string) => void, secrets: readonly string[]): (l: string) => void {
-  if (secrets.length === 0) return write;
-  const forms = [...new Set(secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]))];
-  return (line) => {
-    let out = line;
-    for (const s of forms) out = out.replaceAll(s, "***");
-    write(out);
-  };
-}
-
 const encoder = new TextEncoder();
 
 // One line to stderr, synchronously (as JsonLogger's own default writes).
@@ -355,10 +322,10 @@ function listen(pulse: Pulse, config: PulseConfig, logger: Logger): PulseHttpSer
  * ```
  */
 export async function runPulse(config: PulseConfig, options: RunPulseOptions): Promise<number> {
-  const stderr = scrubbing(options.stderr ?? writeStderr, [
-    ...secretsOf(config.nats),
-    ...(config.adminToken !== undefined ? [config.adminToken] : []),
-  ]);
+  const stderr = scrubbing(
+    options.stderr ?? writeStderr,
+    secretsOf(config.nats, [config.adminToken]),
+  );
   const logger = options.logger ??
     new JsonLogger({
       level: config.logLevel,

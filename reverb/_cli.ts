@@ -7,7 +7,7 @@
 // through a scrubber that masks the secrets given on the command line or in the environment.
 
 import { assertClusterId } from "../core/mod.ts";
-import { connectNatsBus, type NatsBusLike, type NatsBusOptions, redactUrl } from "../nats/mod.ts";
+import { connectNatsBus, type NatsBusLike, type NatsBusOptions } from "../nats/mod.ts";
 import {
   type EnvVars,
   type FlagSpec,
@@ -21,6 +21,8 @@ import {
   parseHostPort,
   parseLogLevel,
   parseNumber,
+  scrubbing,
+  secretsOf,
 } from "../service/mod.ts";
 import {
   DEFAULT_REVERB_HTTP_HOSTNAME,
@@ -288,42 +290,6 @@ export interface ReverbCliIo {
   stderr: (line: string) => void;
   /** Resolves when the process is asked to stop (SIGINT/SIGTERM). */
   stopRequested: Promise<unknown>;
-}
-
-// Secrets shorter than this are not masked: replacing a 2-character password everywhere would
-// garble every line, and such a password is no protection anyway.
-const MIN_MASKED_SECRET = 4;
-
-/** The secrets given as settings: a password, a token, credentials in a URL. */
-function secretsOf(nats: NatsBusOptions | undefined): string[] {
-  if (nats === undefined) return [];
-  const out = [nats.pass, nats.token];
-  const servers = Array.isArray(nats.servers) ? nats.servers : [nats.servers];
-  for (const url of servers) {
-    if (redactUrl(url) === url) continue;
-    const rest = url.replace(/^[A-Za-z][A-Za-z0-9+.-]*:\/\//, "");
-    const userinfo = rest.slice(0, rest.lastIndexOf("@"));
-    const colon = userinfo.indexOf(":");
-    const secret = colon >= 0 ? userinfo.slice(colon + 1) : userinfo;
-    out.push(secret);
-    try {
-      out.push(decodeURIComponent(secret));
-    } catch { /* not percent-encoded */ }
-  }
-  const secrets = out.filter((s): s is string => s !== undefined && s.length >= MIN_MASKED_SECRET);
-  // Longest first: a secret containing another is masked whole.
-  return [...new Set(secrets)].sort((a, b) => b.length - a.length);
-}
-
-/** A writer that masks the given secrets (and their JSON-escaped forms) in every line. */
-function scrubbing(write: (line: string) => void, secrets: readonly string[]): (l: string) => void {
-  if (secrets.length === 0) return write;
-  const forms = [...new Set(secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]))];
-  return (line) => {
-    let out = line;
-    for (const s of forms) out = out.replaceAll(s, "***");
-    write(out);
-  };
 }
 
 function messageOf(error: unknown): string {

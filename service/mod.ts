@@ -47,3 +47,4 @@ export {
   type NatsFlagSettings,
   natsSettingsFromFlags,
 } from "./_nats_flags.ts";
+export { scrubbing, secretsOf } from "./_secrets.ts";
