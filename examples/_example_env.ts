@@ -1,8 +1,22 @@
 // Shared setup of the SDK examples: NATS when BACKBEAT_NATS_URL is set (run a pulse there with
 // `deno task pulse`), otherwise an embedded bus with an in-process Pulse at a fast tempo, so beats
 // show at once with no setup. Each example ends after `--seconds N` (default 20) or on Ctrl-C.
-import { type Bus, InMemoryBus, subjects } from "../mod.ts";
+import { BackbeatError, type Bus, InMemoryBus, subjects } from "../mod.ts";
+import { redactUrl } from "../nats/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
+
+// A BackbeatError that ends an example (NATS unreachable, a refused login) is one line, not a
+// stack trace: its message already names the server and the reason. Top-level await turns it
+// into an unhandled rejection.
+for (const type of ["error", "unhandledrejection"] as const) {
+  globalThis.addEventListener(type, (e) => {
+    const error = e instanceof ErrorEvent ? e.error : (e as PromiseRejectionEvent).reason;
+    if (!(error instanceof BackbeatError)) return;
+    e.preventDefault();
+    console.error(`example: ${error.message}`);
+    Deno.exit(1);
+  });
+}
 
 /** What an example runs on. */
 export interface ExampleEnv {
@@ -22,6 +36,7 @@ export interface ExampleEnv {
 }
 
 function seconds(): number {
+  // `deno task`-style leading "--" is ignored like everywhere else.
   const i = Deno.args.indexOf("--seconds");
   const n = i >= 0 ? Number(Deno.args[i + 1]) : 20;
   if (!(n > 0 && n <= 86_400)) throw new RangeError(`Invalid --seconds ${Deno.args[i + 1]}`);
@@ -50,7 +65,7 @@ export async function exampleEnv(clusterId: string, tempoBpm: number): Promise<E
     return {
       signal: controller.signal,
       transport: { natsUrl },
-      description: `NATS at ${natsUrl} (beats from a running pulse), for ${limit} s`,
+      description: `NATS at ${redactUrl(natsUrl)} (beats from a running pulse), for ${limit} s`,
       partition: () => false,
       close: () => Promise.resolve(release()),
     };

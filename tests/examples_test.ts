@@ -68,3 +68,24 @@ Deno.test("simple_agent follows a Pulse on NATS when BACKBEAT_NATS_URL is set", 
     await bus.close();
   }
 });
+
+Deno.test("an example whose NATS is unreachable says so in one line, password redacted", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "examples/simple_agent.ts", "--seconds", "3"],
+    cwd: root,
+    env: { BACKBEAT_NATS_URL: `nats://bob:pw-s3cret@127.0.0.1:${port}`, NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = dec.decode(out.stderr);
+  assert.equal(out.code, 1);
+  assert.equal(
+    stderr.trim(),
+    `example: Cannot connect to nats://bob:***@127.0.0.1:${port}: connection refused`,
+  );
+  assert.doesNotMatch(dec.decode(out.stdout) + stderr, /pw-s3cret/);
+});
