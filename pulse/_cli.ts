@@ -25,8 +25,10 @@ import {
   parseHostPort,
   parseLogLevel,
   parseNumber,
+  resolveNatsFiles,
   scrubbing,
   secretsOf,
+  userPaths,
 } from "../service/mod.ts";
 import {
   DEFAULT_PULSE_HTTP_HOSTNAME,
@@ -209,12 +211,14 @@ export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): Puls
       `Invalid ${sources.control} ${JSON.stringify(controlText)}: expected on or off`,
     );
   }
+  // Paths the user typed are read from where they typed them (INIT_CWD under deno task).
+  const resolve = userPaths(env);
   const file = (name: string): string | undefined => {
     const v = str(name);
     if (v !== undefined && v.trim() === "") {
       throw new TypeError(`Invalid ${sources[name]}: expected a file path`);
     }
-    return v;
+    return v === undefined ? undefined : resolve(v);
   };
   const levelText = str("log-level");
   const logLevel = levelText === undefined ? "info" : parseLogLevel(levelText);
@@ -222,7 +226,7 @@ export function parsePulseArgs(args: readonly string[], env: EnvVars = {}): Puls
     help: false,
     config: {
       clusterId,
-      nats,
+      nats: resolveNatsFiles(nats, resolve),
       replicas,
       tempoBpm,
       // A phase list alone sets the bar length.

@@ -54,9 +54,11 @@ Deno.test("parsePulseArgs() reads the key, keyring and control flags and their v
     BACKBEAT_ADMIN_KEYRING: "operators.json",
     BACKBEAT_CONTROL: "on",
   });
-  assert.equal(c.signingKeyFile, "pulse.key.json");
-  assert.equal(c.pulseKeyringFile, "pulses.json");
-  assert.equal(c.adminKeyringFile, "operators.json");
+  // Relative paths are read from the caller's directory (here the working one).
+  const here = (p: string) => `${Deno.cwd()}/${p}`;
+  assert.equal(c.signingKeyFile, here("pulse.key.json"));
+  assert.equal(c.pulseKeyringFile, here("pulses.json"));
+  assert.equal(c.adminKeyringFile, here("operators.json"));
   assert.equal(c.control, false);
   assert.equal(config([], { BACKBEAT_CONTROL: "off" }).control, false);
   assert.equal(config([]).control, true);
@@ -186,4 +188,14 @@ Deno.test("parsePulseArgs() takes the shared NATS flags: credentials, --replicas
   }
   assert.match(message, /alice:\*\*\*@127\.0\.0\.1/);
   assert.doesNotMatch(message, /s3cret/);
+});
+
+Deno.test("parsePulseArgs() reads file paths from the caller's directory (INIT_CWD under deno task)", () => {
+  const cmd = parsePulseArgs(
+    ["--signing-key", "pulse.key.json", "--pulse-keyring", "/etc/backbeat/pulses.json"],
+    { INIT_CWD: "/home/ops/cluster" },
+  );
+  if (cmd.help) throw new Error("unexpected help");
+  assert.equal(cmd.config.signingKeyFile, "/home/ops/cluster/pulse.key.json");
+  assert.equal(cmd.config.pulseKeyringFile, "/etc/backbeat/pulses.json");
 });

@@ -21,8 +21,10 @@ import {
   parseHostPort,
   parseLogLevel,
   parseNumber,
+  resolveNatsFiles,
   scrubbing,
   secretsOf,
+  userPaths,
 } from "../service/mod.ts";
 import {
   DEFAULT_REVERB_HTTP_HOSTNAME,
@@ -147,29 +149,6 @@ const SPECS: readonly FlagSpec[] = [
   { name: "help", type: "boolean", short: "h" },
 ];
 
-/** The NATS options that are user file paths. */
-const NATS_FILES = ["nkeySeedFile", "credsFile", "caFile", "certFile", "keyFile"] as const;
-
-/**
- * The directory relative paths mean: `deno task` runs a task in the project folder and names
- * the caller's directory in INIT_CWD, so a path the user typed is read from where they typed it.
- */
-function callerDirectory(env: EnvVars): string {
-  const cwd = Deno.cwd();
-  const init = env.INIT_CWD;
-  if (init === undefined || init === "") return cwd;
-  return isAbsolutePath(init) ? init : joinPath(cwd, init);
-}
-
-function isAbsolutePath(path: string): boolean {
-  return path.startsWith("/") || /^[A-Za-z]:[\\/]/.test(path) || path.startsWith("\\\\");
-}
-
-// Joined, not normalised: folding ".." would change what a path through a symlink means.
-function joinPath(dir: string, path: string): string {
-  return `${dir.replace(/[\\/]+$/, "")}/${path}`;
-}
-
 /**
  * Parses reverb's flags, falling back to `BACKBEAT_*` environment variables; the NATS flags are
  * the shared ones (`NATS_FLAG_SPECS`). One leading `--` is skipped (`deno task reverb -- --cluster
@@ -263,22 +242,10 @@ export function parseReverbArgs(args: readonly string[], env: EnvVars = {}): Rev
     logLevel: level === undefined ? "info" : parseLogLevel(level),
   };
   // Paths last: everything else is checked without touching the file system.
-  const hasPaths = keyringText !== undefined || pulseKeyringText !== undefined ||
-    NATS_FILES.some((k) => config.nats?.[k] !== undefined);
-  if (hasPaths) {
-    const dir = callerDirectory(env);
-    const resolve = (p: string) => isAbsolutePath(p) ? p : joinPath(dir, p);
-    if (keyringText !== undefined) config.keyring = resolve(keyringText);
-    if (pulseKeyringText !== undefined) config.pulseKeyring = resolve(pulseKeyringText);
-    if (config.nats) {
-      const nats: NatsBusOptions = { ...config.nats };
-      for (const k of NATS_FILES) {
-        const p = nats[k];
-        if (p !== undefined) nats[k] = resolve(p);
-      }
-      config.nats = nats;
-    }
-  }
+  const resolve = userPaths(env);
+  if (keyringText !== undefined) config.keyring = resolve(keyringText);
+  if (pulseKeyringText !== undefined) config.pulseKeyring = resolve(pulseKeyringText);
+  config.nats = resolveNatsFiles(config.nats, resolve);
   return { help: false, config };
 }
 

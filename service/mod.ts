@@ -47,4 +47,5 @@ export {
   type NatsFlagSettings,
   natsSettingsFromFlags,
 } from "./_nats_flags.ts";
+export { resolveNatsFiles, userPaths } from "./_paths.ts";
 export { scrubbing, secretsOf } from "./_secrets.ts";
