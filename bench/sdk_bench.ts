@@ -1,14 +1,17 @@
 // SDK benchmark: end-to-end beat latency (pulse's publish instant, carried in `x-pulse-sent`, to
 // callback entry) on a real nats-server at 600 BPM, for one client and for 1,000 clients in 4
 // processes (250 each on one shared connection), each beside raw nats.js subscribers of the same
-// topology measured in the same run; then the cost of emitStatusClaim, unsigned and signed, and
-// the cost of a frame in the SDK with and without `pulseKeys` (signature verification).
-// Results go to the `## SDK` section of bench/RESULTS.md.
+// topology measured in the same run; phase alignment (|callback entry − the beat's due instant|,
+// scheduled delivery beside arrival delivery, and the spread of one beat over all clients); then
+// the cost of emitStatusClaim, unsigned and signed, and the cost of a frame in the SDK with and
+// without `pulseKeys` (signature verification). Results go to the `## SDK` section of
+// bench/RESULTS.md (with --no-write, printed only).
 //
-//   deno run -A bench/sdk_bench.ts [--seconds 30] [--clients 1000] [--procs 4] [--no-write]
-//   deno run -A bench/sdk_bench.ts --only verify     # the frame verification cost alone, printed
+//   deno run -A bench/sdk_bench.ts [--seconds 15] [--clients 1000] [--procs 4] [--no-write]
+//   deno run -A bench/sdk_bench.ts --only phase       # phase alignment alone, printed
+//   deno run -A bench/sdk_bench.ts --only verify      # the frame verification cost alone, printed
 //
-// Worker mode (spawned by the coordinator): --worker sdk|raw --count N --url U --seconds S
+// Worker mode (spawned by the coordinator): --worker sdk|raw|phase --count N --url U --seconds S
 import {
   Client,
   connectNatsBus,
@@ -17,7 +20,14 @@ import {
   InMemoryBus,
   Keyring,
 } from "../mod.ts";
-import { signMessage, subjects, Timeline } from "../core/mod.ts";
+import {
+  answerTimeRequests,
+  signMessage,
+  subjects,
+  SystemClock,
+  Timeline,
+  type TimelineJson,
+} from "../core/mod.ts";
 import { Pulse } from "../pulse/mod.ts";
 import { startNatsServer } from "../tests/nats_server.ts";
 
@@ -66,6 +76,8 @@ async function worker(kind: string): Promise<void> {
       c.agentId = `bench-${Deno.pid}-${i}`;
       c.natsUrl = url;
       c.logger = quiet;
+      // The latency from pulse's send to the callback is the arrival path's figure.
+      c.delivery = "arrival";
       const client = new Client(c);
       client.onBeat((_frame, info) => {
         const t = now();
@@ -115,6 +127,102 @@ async function worker(kind: string): Promise<void> {
   console.log(JSON.stringify({ samples: out, synthetic }));
 }
 
+/** CPU time of this process (all threads), user + system, in ms, from /proc/self/stat. */
+async function cpuMs(): Promise<number> {
+  const stat = await Deno.readTextFile("/proc/self/stat");
+  // Fields after the command name (which may hold spaces, so split after its closing paren).
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+  return (Number(fields[11]) + Number(fields[12])) * 10; // clock ticks of 10 ms (USER_HZ 100)
+}
+
+/** What a phase worker reports. */
+interface PhaseReport {
+  /** |entry − the instant the client delivered the beat for| (info.at), ms. */
+  sched: number[];
+  /** entry − pulse's due instant of the beat (both clocks of this host), ms. */
+  due: number[];
+  /** Per beat: [beat, earliest entry − due, latest entry − due, callbacks]. */
+  beats: [number, number, number, number][];
+  /** Callbacks delivered at the beat's instant (predicted or held) / on arrival. */
+  scheduled: number;
+  arrival: number;
+  synthetic: number;
+  /** CPU of the process while recording, % of one core. */
+  cpu: number;
+  /** The SDK's clock estimate at the end (scheduled workers). */
+  clock: unknown;
+}
+
+// N clients of one delivery mode; every callback's entry against the beat's instant.
+async function phaseWorker(): Promise<void> {
+  const count = Number(flag("count", "1"));
+  const url = flag("url", "");
+  const seconds = Number(flag("seconds", "15"));
+  const delivery = flag("delivery", "scheduled") as "scheduled" | "arrival";
+  const timeline = Timeline.fromJSON(JSON.parse(flag("timeline", "")) as TimelineJson);
+  const cap = Math.ceil(count * (seconds + 2) * (TEMPO / 60) * 1.2);
+  const sched = new Samples(cap);
+  const due = new Samples(cap);
+  const first = new Map<number, [number, number, number]>();
+  let recording = false;
+  let scheduled = 0;
+  let arrival = 0;
+  let synthetic = 0;
+  const clients: Client[] = [];
+  for (let i = 0; i < count; i++) {
+    const c = defaultConfig();
+    c.clusterId = CLUSTER;
+    c.agentId = `phase-${Deno.pid}-${i}`;
+    c.natsUrl = url;
+    c.logger = quiet;
+    c.delivery = delivery;
+    const client = new Client(c);
+    client.onBeat((frame, info) => {
+      const t = now();
+      if (!recording) return;
+      const d = t - timeline.dueAt(frame.beat_index);
+      due.add(d);
+      if (info.arrivedAt === undefined || info.at !== info.arrivedAt) {
+        scheduled++;
+        sched.add(t - info.at);
+      } else arrival++;
+      if (info.synthetic) synthetic++;
+      const b = first.get(frame.beat_index);
+      if (b === undefined) first.set(frame.beat_index, [d, d, 1]);
+      else {
+        if (d < b[0]) b[0] = d;
+        if (d > b[1]) b[1] = d;
+        b[2]++;
+      }
+    });
+    await client.start();
+    clients.push(client);
+  }
+  console.log("ready");
+  await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
+  const cpu0 = await cpuMs();
+  const wall0 = performance.now();
+  recording = true;
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  recording = false;
+  const cpu = (await cpuMs() - cpu0) / (performance.now() - wall0) * 100;
+  const clock = clients[0].health().clock;
+  for (const c of clients) await c.stop();
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  const report: PhaseReport = {
+    sched: Array.from(sched.data.subarray(0, sched.n), r3),
+    due: Array.from(due.data.subarray(0, due.n), r3),
+    beats: [...first].map(([beat, [lo, hi, n]]) => [beat, r3(lo), r3(hi), n]),
+    scheduled,
+    arrival,
+    synthetic,
+    cpu: Math.round(cpu * 10) / 10,
+    clock,
+  };
+  console.log(JSON.stringify(report));
+}
+
 // ---------------------------------------------------------------- coordinator side
 
 interface Stats {
@@ -131,12 +239,13 @@ function stats(all: number[]): Stats {
   return { n: s.length, min: s[0], p50: q(0.5), p99: q(0.99), max: s[s.length - 1] };
 }
 
-function spawn(
+function spawn<T = { samples: number[]; synthetic: number }>(
   kind: string,
   count: number,
   url: string,
   seconds: number,
-): { isReady: Promise<void>; done: Promise<{ samples: number[]; synthetic: number }> } {
+  extra: string[] = [],
+): { isReady: Promise<void>; done: Promise<T> } {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -150,6 +259,7 @@ function spawn(
       url,
       "--seconds",
       String(seconds),
+      ...extra,
     ],
     stdin: "null",
     stdout: "piped",
@@ -172,7 +282,7 @@ function spawn(
     }
     const status = await child.status;
     if (!status.success) throw new Error(`${kind} worker failed (${status.code})`);
-    return JSON.parse(lines.at(-1)!) as { samples: number[]; synthetic: number };
+    return JSON.parse(lines.at(-1)!) as T;
   })();
   return { isReady, done };
 }
@@ -189,7 +299,10 @@ async function topology(
   const per = Math.ceil(clients / procs);
   const all: { kind: string; samples: number[]; synthetic: number }[] = [];
   for (const order of [["sdk", "raw"], ["raw", "sdk"]]) {
-    const workers: { kind: string; w: ReturnType<typeof spawn> }[] = [];
+    const workers: {
+      kind: string;
+      w: ReturnType<typeof spawn<{ samples: number[]; synthetic: number }>>;
+    }[] = [];
     for (let p = 0; p < procs; p++) {
       for (const kind of order) {
         const w = spawn(kind, per, url, seconds / 2);
@@ -203,6 +316,113 @@ async function topology(
   const synthetic = all.reduce((n, r) => n + r.synthetic, 0);
   return { sdk: stats(pick("sdk")), raw: stats(pick("raw")), synthetic };
 }
+
+/** Phase alignment of one topology and delivery mode. */
+interface PhaseResult {
+  clients: number;
+  procs: number;
+  delivery: string;
+  /** |entry − the instant delivered for| (scheduled deliveries only). */
+  sched: Stats | undefined;
+  /** |entry − pulse's due instant|. */
+  due: Stats;
+  /** Per beat, latest − earliest entry over every client of every process. */
+  spread: Stats;
+  scheduled: number;
+  arrival: number;
+  synthetic: number;
+  cpu: number[];
+  clocks: unknown[];
+}
+
+async function phaseTopology(
+  url: string,
+  timeline: TimelineJson,
+  clients: number,
+  procs: number,
+  seconds: number,
+  delivery: string,
+): Promise<PhaseResult> {
+  const per = Math.ceil(clients / procs);
+  const workers = [];
+  for (let p = 0; p < procs; p++) {
+    const w = spawn<PhaseReport>("phase", per, url, seconds, [
+      "--delivery",
+      delivery,
+      "--timeline",
+      JSON.stringify(timeline),
+    ]);
+    workers.push(w);
+    await w.isReady;
+  }
+  const reports = await Promise.all(workers.map((w) => w.done));
+  const beats = new Map<number, [number, number, number]>();
+  for (const r of reports) {
+    for (const [beat, lo, hi, n] of r.beats) {
+      const b = beats.get(beat);
+      if (b === undefined) beats.set(beat, [lo, hi, n]);
+      else beats.set(beat, [Math.min(b[0], lo), Math.max(b[1], hi), b[2] + n]);
+    }
+  }
+  // Beats every client delivered while recording (the windows of the workers differ a little).
+  const full = [...beats.values()].filter((b) => b[2] === per * procs);
+  const sched = reports.flatMap((r) => r.sched.map(Math.abs));
+  return {
+    clients: per * procs,
+    procs,
+    delivery,
+    sched: sched.length > 0 ? stats(sched) : undefined,
+    due: stats(reports.flatMap((r) => r.due.map(Math.abs))),
+    spread: stats(full.map((b) => b[1] - b[0])),
+    scheduled: reports.reduce((n, r) => n + r.scheduled, 0),
+    arrival: reports.reduce((n, r) => n + r.arrival, 0),
+    synthetic: reports.reduce((n, r) => n + r.synthetic, 0),
+    cpu: reports.map((r) => r.cpu),
+    clocks: reports.map((r) => r.clock),
+  };
+}
+
+async function phases(
+  url: string,
+  timeline: TimelineJson,
+  clients: number,
+  procs: number,
+  seconds: number,
+): Promise<PhaseResult[]> {
+  const out: PhaseResult[] = [];
+  for (const [n, p] of [[1, 1], [clients, procs]]) {
+    for (const delivery of ["scheduled", "arrival"]) {
+      console.error(`phase: ${n} ${delivery} clients in ${p} processes, ${seconds} s...`);
+      out.push(await phaseTopology(url, timeline, n, p, seconds, delivery));
+    }
+  }
+  return out;
+}
+
+function phaseRows(rows: PhaseResult[]): string {
+  const f = (x: number | undefined) => x === undefined ? "–" : x.toFixed(3);
+  return rows.map((r) =>
+    `| ${r.clients.toLocaleString("en")} in ${r.procs} | ${r.delivery} | ${f(r.sched?.p50)} / ${
+      f(r.sched?.p99)
+    } / ${f(r.sched?.max)} | ${f(r.due.p50)} / ${f(r.due.p99)} / ${f(r.due.max)} | ${
+      f(r.spread.p50)
+    } / ${f(r.spread.p99)} / ${f(r.spread.max)} | ${r.cpu.map((c) => c.toFixed(1)).join(", ")} |`
+  ).join("\n");
+}
+
+// The scheduled workers' estimates of pulse's clock: offset ± uncertainty, in ms.
+function offsets(rows: PhaseResult[]): string {
+  const all = rows.flatMap((r) =>
+    r.clocks
+  ) as ({ offsetMs: number; uncertaintyMs: number } | null)[];
+  const known = all.filter((c) => c !== null);
+  if (known.length === 0) return "no estimate";
+  return known.map((c) => `${c.offsetMs.toFixed(3)} ± ${c.uncertaintyMs.toFixed(3)}`).join(", ");
+}
+
+const PHASE_TABLE_HEAD =
+  `| Clients in processes | delivery | \\|entry − instant delivered for\\| p50 / p99 / max | \\|entry − pulse's due instant\\| p50 / p99 / max | spread of one beat p50 / p99 / max | CPU per process, % of a core |
+|---|---|---|---|---|---|`;
 
 interface ClaimCost {
   awaited: number;
@@ -359,11 +579,12 @@ const VERIFY_TABLE_HEAD =
 |---|---|---|---|---|---|---|`;
 
 async function coordinator(): Promise<void> {
-  const seconds = Number(flag("seconds", "30"));
+  const seconds = Number(flag("seconds", "15"));
   const clients = Number(flag("clients", "1000"));
   const procs = Number(flag("procs", "4"));
-  const write = !Deno.args.includes("--no-write");
-  if (flag("only", "") === "verify") {
+  const only = flag("only", "");
+  const write = !Deno.args.includes("--no-write") && only === "";
+  if (only === "verify") {
     console.log(`Frame cost in the SDK, µs per frame per process:\n\n${VERIFY_TABLE_HEAD}`);
     console.log(verifyRows(await verifyCost()));
     return;
@@ -373,17 +594,44 @@ async function coordinator(): Promise<void> {
   const loadBefore = await load();
   await using server = await startNatsServer();
   const bus = await connectNatsBus({ servers: server.url });
-  const pulse = new Pulse({ clusterId: CLUSTER, bus, tempoBpm: TEMPO });
-  let single, many, claims;
+  // Pulse's clock, as pulse makes it by default; the same one answers clock requests (pulse's
+  // own answers are on their way: until then this responder stands in for them).
+  const pulseClock = new SystemClock({ spinMs: 1.5 });
+  const pulse = new Pulse({ clusterId: CLUSTER, bus, tempoBpm: TEMPO, clock: pulseClock });
+  const responder = answerTimeRequests(bus, CLUSTER, { clock: pulseClock, pulseId: pulse.id });
+  if (only === "phase") {
+    try {
+      await pulse.start();
+      const rows = await phases(server.url, pulse.timeline.toJSON(), clients, procs, seconds);
+      console.log(
+        `Phase alignment at ${TEMPO} BPM, ms:\n\n${PHASE_TABLE_HEAD}\n${phaseRows(rows)}`,
+      );
+      for (const r of rows) {
+        console.log(
+          `${r.clients} ${r.delivery}: ${r.scheduled} at the instant, ${r.arrival} on arrival, ${r.synthetic} synthetic`,
+        );
+      }
+      console.log(`estimates of pulse's clock (offset ± uncertainty, ms): ${offsets(rows)}`);
+      console.log(`load ${loadBefore} → ${await load()}`);
+    } finally {
+      responder.unsubscribe();
+      await pulse.stop();
+      await bus.close();
+    }
+    return;
+  }
+  let single, many, claims, phased;
   try {
     await pulse.start();
     console.error(`pulse leading at ${TEMPO} BPM; single client, ${seconds} s...`);
     single = await topology(server.url, 1, 1, seconds);
     console.error(`${clients} clients in ${procs} processes, ${seconds} s...`);
     many = await topology(server.url, clients, procs, seconds);
+    phased = await phases(server.url, pulse.timeline.toJSON(), clients, procs, seconds);
     console.error("emitStatusClaim cost...");
     claims = await claimCost(server.url);
   } finally {
+    responder.unsubscribe();
     await pulse.stop();
     await bus.close();
   }
@@ -443,6 +691,20 @@ ${row(`${clients} raw callbacks, ${procs} processes`, many.raw)}
     claims.signed.awaited.toFixed(1)
   }** awaited and **${claims.signed.pipelined.toFixed(1)}** pipelined.
 
+Phase alignment (issue 12), ms: each callback's entry against the beat's instant, on a local
+nats-server with the same \`Pulse\` at ${TEMPO} BPM, ${seconds} s per row after ${WARMUP_S} s of
+warm-up, each row run on its own (scheduled, then arrival). Scheduled clients call back at pulse's
+instants through the SDK's estimate of pulse's clock (the coordinator answers clock requests with
+pulse's clock); arrival clients when the frame arrives. "Instant delivered for" is \`info.at\`
+(scheduled deliveries only: the scheduler's own precision); "pulse's due instant" is pulse's
+timeline read on the worker's own clock (one host, so it holds the estimate's error and the
+small difference between processes' clocks, which the estimate measures: ${offsets(phased)});
+the spread is, per beat, the latest minus the earliest entry over all clients of all processes.
+CPU is utime + stime of each worker process from \`/proc/self/stat\`.
+
+${PHASE_TABLE_HEAD}
+${phaseRows(phased)}
+
 Frame cost in the SDK with and without \`pulseKeys\`, µs per frame per process: from an
 in-process bus handing the frame over to the last client's callback (gate, tracker, and with keys
 the Ed25519 check, once per frame for all clients sharing the keyring), frames published in bursts
@@ -478,5 +740,6 @@ Environment: ${Deno.build.target}, Deno ${Deno.version.deno}, ${navigator.hardwa
 }
 
 const kind = flag("worker", "");
-if (kind) await worker(kind);
+if (kind === "phase") await phaseWorker();
+else if (kind) await worker(kind);
 else await coordinator();

@@ -23,6 +23,27 @@ export const DEFAULT_ERROR_HISTORY_SIZE = 32;
 export const DEFAULT_MAX_CALLBACKS = 1_024;
 
 /**
+ * When beat callbacks run:
+ * - `"scheduled"`: at the beat's due instant, pulse's own schedule mapped onto this host's clock
+ *   through a clock estimate, so every agent of the cluster runs a beat at the same instant
+ *   (within a fraction of a millisecond on a LAN); the frame is pulse's when it has arrived by
+ *   then, else the one the timeline predicts (`info.predicted`), confirmed when pulse's arrives;
+ * - `"arrival"`: when pulse's frame arrives, so agents run a beat apart by their delivery delays
+ *   (a NATS fan-out to 1,000 subscribers takes tens of ms), with pulse's exact frame.
+ */
+export type DeliveryMode = "scheduled" | "arrival";
+
+/** Default of {@linkcode ClientConfig.delivery}. */
+export const DEFAULT_DELIVERY: DeliveryMode = "scheduled";
+
+/**
+ * How long the default clock of scheduled delivery spins before an instant, in ms: `setTimeout`
+ * alone is up to a millisecond late at p99, the spin takes it to microseconds. One spin per
+ * instant for the whole process (every client shares it).
+ */
+export const PHASE_SPIN_MS = 1.5;
+
+/**
  * Configuration of a {@linkcode Client}. Start from {@linkcode defaultConfig} and set
  * `clusterId`, `agentId` and a transport (`natsUrl` or `bus`).
  */
@@ -98,7 +119,14 @@ export interface ClientConfig {
    * @default {true}
    */
   localDegradation?: boolean;
-  /** Time source for arrival times, the degradation watchdog and synthetic beats. @default {new SystemClock()} */
+  /**
+   * Time source for arrival times, the degradation watchdog, clock exchanges, and the timers of
+   * scheduled and synthetic beats. Unset, clients share a `SystemClock`, and scheduled beats a
+   * `SystemClock` spinning the last 1.5 ms before each instant (one spin per instant for the
+   * whole process). A clock given here times every timer of the client, so a spinning one spins
+   * for the watchdog too.
+   * @default {new SystemClock()}
+   */
   clock?: Clock;
   /** Where to log. @default {console} */
   logger?: Logger;
@@ -108,6 +136,29 @@ export interface ClientConfig {
   errorHistorySize?: number;
   /** Most callbacks that may be registered at once (beat and downbeat together). @default {1024} */
   maxCallbacks?: number;
+  /**
+   * When beat callbacks run: `"scheduled"` at each beat's due instant on pulse's timeline, the
+   * same instant for every agent of the cluster, or `"arrival"` when pulse's frame arrives.
+   *
+   * Scheduled is the default because a shared rhythm is what BACKBEAT is for: on arrival,
+   * agents act a beat apart by however long the bus took to reach each of them (nothing on a
+   * quiet LAN, tens of milliseconds across a 1,000-subscriber fan-out or a loaded host), whereas
+   * scheduled callbacks of every agent run within a fraction of a millisecond of each other and of
+   * pulse's own instant. It costs little: clock exchanges with pulse, once per process however
+   * many clients (8 at start, 3 at each of seven follow-ups over the first 20 s so a rate can be
+   * fitted, then 3 every 15 s and after a leader change), and one short spin before each beat per
+   * process (1.5 ms on the default clock). The frame is pulse's when it has arrived by the
+   * instant, else the one the timeline predicts (`info.predicted: true`; the `confirmed` event
+   * follows when pulse's frame agrees, `realigned` when it does not), built only from frames the
+   * client followed (with `pulseKeys`, verified ones). Until pulse answers a clock request (an
+   * older pulse that does not, or no leader yet) beats are delivered on arrival. Choose
+   * `"arrival"` to act only on frames pulse sent, or to spend no CPU on spinning.
+   *
+   * With `clock` set, scheduled beats are timed by that clock's timers: give a `SystemClock`
+   * with `spinMs` for sub-millisecond precision, or a `ManualClock` in tests.
+   * @default {"scheduled"}
+   */
+  delivery?: DeliveryMode;
 }
 
 /**
@@ -146,5 +197,6 @@ export function defaultConfig(): ClientConfig {
     latencyWindowSize: DEFAULT_LATENCY_WINDOW_SIZE,
     errorHistorySize: DEFAULT_ERROR_HISTORY_SIZE,
     maxCallbacks: DEFAULT_MAX_CALLBACKS,
+    delivery: DEFAULT_DELIVERY,
   };
 }

@@ -1,4 +1,5 @@
 import type { Phase } from "../core/mod.ts";
+import type { DeliveryMode } from "./_config.ts";
 
 /** Percentiles of callback latency over the client's bounded window, in milliseconds. */
 export interface LatencyStats {
@@ -22,6 +23,22 @@ export interface HealthError {
   readonly message: string;
 }
 
+/** The client's estimate of pulse's clock (scheduled delivery), in {@linkcode ClientHealth.clock}. */
+export interface ClockHealth {
+  /** Pulse's clock minus this client's, now, in ms. */
+  readonly offsetMs: number;
+  /** Half the best round trip, in ms: the offset is within this of the truth. */
+  readonly uncertaintyMs: number;
+  /** How much faster pulse's clock runs, in parts per million (0 until samples span 2 s). */
+  readonly ratePpm: number;
+  /** When the last sample was taken (client clock, epoch ms). */
+  readonly measuredAt: number;
+  /** Clock exchanges the estimate rests on. */
+  readonly samples: number;
+  /** The pulse whose clock it is (its answers' `pulse_id`, else the leader's `x-pulse-id`). */
+  readonly pulseId: string | null;
+}
+
 /** A snapshot of a client's state, from `Client.health()`. */
 export interface ClientHealth {
   /** The bus is connected. */
@@ -30,7 +47,10 @@ export interface ClientHealth {
   readonly degraded: boolean;
   /** beat_index of the last beat delivered (real or synthetic), `null` before the first. */
   readonly lastBeat: number | null;
-  /** When it arrived or fell due (client clock, epoch ms), `null` before the first. */
+  /**
+   * The instant it was delivered for (client clock, epoch ms): its due instant when scheduled or
+   * synthetic, its arrival otherwise; `null` before the first.
+   */
   readonly lastBeatAt: number | null;
   /** Tempo of the last beat. */
   readonly tempoBpm: number | null;
@@ -40,7 +60,10 @@ export interface ClientHealth {
   readonly windowId: string | null;
   /** Reconnections of the bus so far. */
   readonly reconnectCount: number;
-  /** Beats skipped between two delivered beats. */
+  /**
+   * Beats skipped between two delivered beats: never delivered, neither real nor predicted (a
+   * jump of the timeline, a wake-up later than a whole beat, frames lost while not degraded).
+   */
   readonly missedBeats: number;
   /** Frames refused, all reasons together: the sum of {@linkcode ClientHealth.framesRejected}. */
   readonly droppedFrames: number;
@@ -81,10 +104,33 @@ export interface ClientHealth {
   readonly claimsDropped: number;
   /** Callbacks that threw or rejected. */
   readonly callbackErrors: number;
-  /** Time from a beat's arrival (synthetic: its due time) to each callback's entry. */
+  /**
+   * Time from the instant a beat was delivered for (`info.at`: its arrival, or its due instant
+   * when scheduled or synthetic) to each callback's entry.
+   */
   readonly callbackLatency: LatencyStats;
   /** The most recent errors, oldest first (bounded). */
   readonly lastErrors: readonly HealthError[];
+  /**
+   * How beats are timed now: `"scheduled"` at pulse's instants through the clock estimate, or
+   * `"arrival"` (configured so, or a scheduled client with no clock estimate yet, or before it
+   * knows the bar grid).
+   */
+  readonly delivery: DeliveryMode;
+  /** The estimate of pulse's clock, shared by the process's scheduled clients; `null` before. */
+  readonly clock: ClockHealth | null;
+  /**
+   * |callback entry − due instant| (ms, client clock) of the beats delivered at their instant
+   * (scheduled, and synthetic), over the same bounded window as `callbackLatency`. A real frame
+   * nothing scheduled (the first one, a jump) is delivered on arrival and not counted here.
+   */
+  readonly phaseError: LatencyStats;
+  /** Beats delivered from the timeline before (or without) pulse's frame, synthetic ones included. */
+  readonly predictedBeats: number;
+  /** Predicted beats pulse's frame then confirmed (each also a `confirmed` event). */
+  readonly confirmedBeats: number;
+  /** Times a real frame moved the timeline predicted from (each also a `realigned` event). */
+  readonly realignments: number;
 }
 
 /** A fixed-size ring of latency samples with percentile queries. */

@@ -3,7 +3,13 @@
 // case is a defect of the client before frames went through the tracker.
 import assert from "node:assert/strict";
 import { Client, type ClientConfig, type Clock, defaultConfig, InMemoryBus } from "./mod.ts";
-import { ManualClock, MAX_BEAT_INDEX, subjects, windowIdsSettled } from "../core/mod.ts";
+import {
+  answerTimeRequests,
+  ManualClock,
+  MAX_BEAT_INDEX,
+  subjects,
+  windowIdsSettled,
+} from "../core/mod.ts";
 import { BeatSource, quietLogger, recordBeats, settle } from "../tests/sdk_helpers.ts";
 
 const CLUSTER = "hostile";
@@ -139,32 +145,44 @@ for (const forged of [MAX_BEAT_INDEX, 1e15]) {
   });
 }
 
-Deno.test("a client degraded at the last beat index there is stops making beats, never spins", async () => {
-  const bus = new InMemoryBus();
-  const clock = new GuardedClock();
-  const client = new Client(hostileConfig(bus, clock));
-  const got = recordBeats(client);
-  const errors: string[] = [];
-  client.addEventListener("error", (e) => errors.push(e.message));
-  await client.start();
-  // A timeline at its last beats (a forged first frame, or a cluster older than the universe).
-  const source = new BeatSource(bus, CLUSTER, { tempoBpm: 60, originTime: T0 });
-  await clock.inner.advance(3_000);
-  await source.publish(3, (f) => ({ ...f, beat_index: MAX_BEAT_INDEX - 1, downbeat: false }));
-  await bus.flush();
-  await settleAll();
-  await advance(clock, 5_000);
-  const h = client.health();
-  assert.equal(h.degraded, true);
-  assert.deepEqual(got.map((b) => [b.index, b.synthetic]), [
-    [MAX_BEAT_INDEX - 1, false],
-    [MAX_BEAT_INDEX, true],
-  ]);
-  assert.ok(errors.some((m) => /highest beat index/.test(m)), errors.join("\n"));
-  assert.ok(clock.scheduled < 100, `${clock.scheduled} timers scheduled`);
-  await client.stop();
-  await bus.close();
-});
+for (const delivery of ["arrival", "scheduled"] as const) {
+  Deno.test(`[${delivery}] a client degraded at the last beat index there is stops making beats, never spins`, async () => {
+    const bus = new InMemoryBus();
+    const clock = new GuardedClock();
+    // Scheduled: pulse's clock answers (the same manual clock), so beats are timed by it.
+    const responder = delivery === "scheduled"
+      ? answerTimeRequests(bus, CLUSTER, { clock, pulseId: "pulse-a" })
+      : undefined;
+    const client = new Client(hostileConfig(bus, clock, { delivery }));
+    const got = recordBeats(client);
+    const errors: string[] = [];
+    client.addEventListener("error", (e) => errors.push(e.message));
+    await client.start();
+    await settleAll();
+    // A timeline at its last beats (a forged first frame, or a cluster older than the universe).
+    const source = new BeatSource(bus, CLUSTER, { tempoBpm: 60, originTime: T0, clock });
+    await clock.inner.advance(3_000);
+    // Scheduled: a downbeat, so the grid is known and the scheduler predicts the last beat (with
+    // no grid a scheduled client degrades as an arrival one does).
+    const downbeat = delivery === "scheduled";
+    await source.publish(3, (f) => ({ ...f, beat_index: MAX_BEAT_INDEX - 1, downbeat }));
+    await bus.flush();
+    await settleAll();
+    await advance(clock, 5_000);
+    const h = client.health();
+    assert.equal(h.degraded, true);
+    // Scheduled: the last beat is predicted at its instant, before the watchdog notices.
+    assert.deepEqual(got.map((b) => [b.index, b.synthetic]), [
+      [MAX_BEAT_INDEX - 1, false],
+      [MAX_BEAT_INDEX, delivery === "arrival"],
+    ]);
+    assert.ok(errors.some((m) => /highest beat index/.test(m)), errors.join("\n"));
+    assert.ok(clock.scheduled < 100, `${clock.scheduled} timers scheduled`);
+    responder?.unsubscribe();
+    await client.stop();
+    await bus.close();
+  });
+}
 
 Deno.test("a timeline restart (new epoch from beat 0) is followed at its second frame; the old epoch is refused", async () => {
   const bus = new InMemoryBus();

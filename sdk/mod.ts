@@ -1,8 +1,10 @@
 /**
  * The BACKBEAT SDK: what a service imports to become beat-aware. A {@linkcode Client} follows
- * the cluster's beat (`onBeat`, `onDownbeat`, typed `beat`/`downbeat` events), emits signed
- * status claims, runs work within a beat budget (`withBeatBudget`), reports `health()`, and keeps
- * the rhythm with synthetic beats on the same timeline while pulse is unreachable.
+ * the cluster's beat (`onBeat`, `onDownbeat`, typed `beat`/`downbeat` events) with every
+ * callback at the beat's instant on pulse's timeline (`config.delivery`, through an estimate of
+ * pulse's clock), starts work on a shared downbeat (`nextDownbeat`, `at`), emits signed status
+ * claims, runs work within a beat budget (`withBeatBudget`), reports `health()`, and keeps the
+ * rhythm with synthetic beats on the same timeline while pulse is unreachable.
  *
  * The embedded {@linkcode InMemoryBus} is the default transport; {@linkcode connectNatsBus}
  * (or `config.natsUrl`) loads nats.js only when it is used.
@@ -31,12 +33,15 @@ export {
   Client,
   type ClientEventMap,
   ClientState,
+  type ConfirmedEventDetail,
   type DegradedEventDetail,
+  type RealignedEventDetail,
+  type RealignReason,
   type RecoveredEventDetail,
 } from "./_client.ts";
 export type { StatusClaimInput } from "./_outbox.ts";
-export { type ClientConfig, defaultConfig } from "./_config.ts";
-export type { ClientHealth, HealthError, LatencyStats } from "./_health.ts";
+export { type ClientConfig, defaultConfig, type DeliveryMode } from "./_config.ts";
+export type { ClientHealth, ClockHealth, HealthError, LatencyStats } from "./_health.ts";
 
 // --- the messages it sends and receives ---
 export {

@@ -1,6 +1,7 @@
 import {
   type BeatFrame,
   type Bus,
+  type Clock,
   HybridLogicalClock,
   importSigningKey,
   type SigningKey,
@@ -51,6 +52,13 @@ export interface BeatSourceOptions {
   signingKey?: SigningKeyInput;
   /** The `x-key-id` sent with signed frames. @default {derived from the public key} */
   keyId?: string;
+  /**
+   * Pulse's clock: it stamps `x-pulse-sent` and the frames' HLC. Give the clock a test's pulse
+   * runs on (a `ManualClock`, or one running ahead of the client's) so the send instants agree
+   * with the timeline; its timers are not used.
+   * @default {the system clock, `performance.timeOrigin + performance.now()`}
+   */
+  clock?: Clock;
 }
 
 /**
@@ -77,7 +85,8 @@ export class BeatSource {
   readonly pulseId: string;
   readonly #bus: Bus;
   readonly #cluster: string;
-  readonly #hlc = new HybridLogicalClock();
+  readonly #hlc: HybridLogicalClock;
+  readonly #now: () => number;
   readonly #token: string;
   readonly #keyInput: SigningKeyInput | undefined;
   readonly #keyId: string | undefined;
@@ -88,7 +97,7 @@ export class BeatSource {
    *
    * @param bus Where to publish.
    * @param clusterId The cluster whose beat subject is used.
-   * @param options Tempo, bar shape, origin, epoch, headers and signing key.
+   * @param options Tempo, bar shape, origin, epoch, headers, signing key and clock.
    * @throws {RangeError} On a tempo, bar shape or epoch out of range.
    */
   constructor(bus: Bus, clusterId: string, options: BeatSourceOptions = {}) {
@@ -98,6 +107,11 @@ export class BeatSource {
     this.#token = String(options.fencingToken ?? 1);
     this.#keyInput = options.signingKey;
     this.#keyId = options.keyId;
+    const clock = options.clock;
+    this.#now = clock === undefined
+      ? () => performance.timeOrigin + performance.now()
+      : () => clock.now();
+    this.#hlc = new HybridLogicalClock({ clock: this.#now });
     this.timeline = new Timeline({
       originTime: options.originTime ?? 0,
       tempoBpm: options.tempoBpm ?? 60,
@@ -170,7 +184,7 @@ export class BeatSource {
         "x-hlc": frame?.hlc ?? "",
         "x-pulse-id": this.pulseId,
         "x-fencing-token": this.#token,
-        "x-pulse-sent": String(performance.timeOrigin + performance.now()),
+        "x-pulse-sent": String(this.#now()),
         ...signed,
       },
     });

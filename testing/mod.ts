@@ -2,7 +2,10 @@
  * Test kit for code that uses BACKBEAT: a {@linkcode ManualClock} so hours of beats run in
  * milliseconds, the embedded {@linkcode InMemoryBus}, and a {@linkcode BeatSource} that
  * publishes frames exactly as pulse builds them, beat by beat, on your command: with a timeline
- * epoch, and signed with a pulse key for clients configured with `pulseKeys`.
+ * epoch, and signed with a pulse key for clients configured with `pulseKeys`. For scheduled
+ * delivery (callbacks at pulse's instants), {@linkcode answerTimeRequests} answers the clients'
+ * clock requests as pulse does, and a {@linkcode SkewedClock} gives pulse a clock that runs
+ * ahead of, or faster than, the clients'.
  *
  * Layering: `testing/` imports `core/` only.
  *
@@ -26,6 +29,13 @@
  * @module
  */
 export { BeatSource, type BeatSourceOptions } from "./_beat_source.ts";
-export { InMemoryBus, type InMemoryBusOptions, ManualClock } from "../core/mod.ts";
+export { SkewedClock } from "./_skewed_clock.ts";
+export {
+  type AnswerTimeOptions,
+  answerTimeRequests,
+  InMemoryBus,
+  type InMemoryBusOptions,
+  ManualClock,
+} from "../core/mod.ts";
 // The schedule a BeatSource scripts (`source.timeline.dueAt(n)`), as a type only.
 export type { Timeline, TimelineJson, TimelineOptions, TimelineSegment } from "../core/mod.ts";
