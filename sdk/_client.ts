@@ -8,6 +8,7 @@ import {
   cachedWindowId,
   type Clock,
   DEFAULT_BEATS_PER_BAR,
+  DEFAULT_TEMPO_BPM,
   type FrameStatus,
   FrameTracker,
   HybridLogicalClock,
@@ -24,7 +25,7 @@ import {
   type SigningKeyInput,
   subjects,
   SystemClock,
-  type Timeline,
+  Timeline,
 } from "../core/mod.ts";
 import { type BudgetSource, type BudgetWatcher, runWithBeatBudget } from "./_budget.ts";
 import {
@@ -198,6 +199,8 @@ export const ClientState = {
 export type ClientState = typeof ClientState[keyof typeof ClientState];
 
 /** Wait at most this long for the bus to confirm claims while stopping. */
+/** Default of `ClientConfig.startupGraceMs`. */
+const DEFAULT_STARTUP_GRACE_MS = 10_000;
 const STOP_FLUSH_TIMEOUT_MS = 2_000;
 
 /** Why a client refused a frame: the feed's reasons, or the tracker's. */
@@ -425,6 +428,10 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
 
   #degraded = false;
   #degradedSince = 0;
+  #noPulse = false;
+  readonly #graceMs: number;
+  readonly #fallbackTempo: number;
+  #cancelGrace: (() => void) | undefined;
   #syntheticCount = 0;
 
   #sync: ClockSync | undefined;
@@ -511,6 +518,18 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
     this.#logger = config.logger ?? console;
     this.#jitter = jitter;
     this.#degradeOn = config.localDegradation ?? true;
+    this.#graceMs = config.startupGraceMs ?? DEFAULT_STARTUP_GRACE_MS;
+    if (!(Number.isFinite(this.#graceMs) && this.#graceMs >= 0 && this.#graceMs <= 86_400_000)) {
+      throw new RangeError(
+        `Invalid startupGraceMs ${config.startupGraceMs}: expected 0 to 86400000 ms`,
+      );
+    }
+    this.#fallbackTempo = config.fallbackTempoBpm ?? DEFAULT_TEMPO_BPM;
+    if (!(this.#fallbackTempo >= 0.1 && this.#fallbackTempo <= 6_000)) {
+      throw new RangeError(
+        `Invalid fallbackTempoBpm ${config.fallbackTempoBpm}: expected 0.1 to 6000`,
+      );
+    }
     this.#maxCallbacks = maxCallbacks;
     this.#natsUrl = config.natsUrl;
     this.#natsOptions = { ...config.natsOptions };
@@ -663,6 +682,12 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
         sync.join();
       }
       this.#state = "running";
+      if (this.#degradeOn) {
+        this.#cancelGrace = this.#clock.schedule(
+          this.#clock.now() + this.#graceMs,
+          () => this.#onNoPulse(),
+        );
+      }
       if (signal) {
         this.#signal = signal;
         signal.addEventListener("abort", this.#onAbort, { once: true });
@@ -708,6 +733,8 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
     this.#leaveFeed = undefined;
     this.#watchdogs.forget(this.#watched);
     this.#isWatched = false;
+    this.#cancelGrace?.();
+    this.#cancelGrace = undefined;
     this.#scheduler.stop();
     this.#degraded = false;
     this.#offSync?.();
@@ -1204,6 +1231,36 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
     }
   }
 
+  // No beat at all since start (pulse down, or a typo in the cluster id): the seed promises
+  // synthetic beats whenever pulse is unavailable, so run them on a fallback timeline, and say
+  // once why.
+  #onNoPulse(): void {
+    this.#cancelGrace = undefined;
+    if (this.#state !== "running" || this.#degraded || this.#tracker.last !== undefined) return;
+    const now = this.#clock.now();
+    this.#degraded = true;
+    this.#noPulse = true;
+    this.#degradedSince = now;
+    this.#syntheticCount = 0;
+    this.#logger.warn(
+      `[backbeat] No beat from pulse on ${
+        subjects(this.clusterId).beat
+      } within ${this.#graceMs} ms of start ` +
+        `(is pulse running, and is the cluster id "${this.clusterId}" right?): degraded mode on a ` +
+        `fallback timeline at ${this.#fallbackTempo} BPM`,
+    );
+    this.dispatchEvent(
+      new CustomEvent<DegradedEventDetail>("degraded", { detail: { lastBeat: -1, at: now } }),
+    );
+    const timeline = new Timeline({
+      originTime: now,
+      tempoBpm: this.#fallbackTempo,
+      beatsPerBar: this.#tracker.beatsPerBar,
+    });
+    // Beat 0's window id was derived at start.
+    if (!this.#scheduler.active) this.#scheduler.follow(timeline, IDENTITY, 0);
+  }
+
   async #startSynthetic(): Promise<void> {
     // A client that joined mid-bar has seen no downbeat: the window id tells where bars start.
     await this.#tracker.locateBar();
@@ -1229,6 +1286,12 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
 
   #recover(index: number, now: number): void {
     this.#degraded = false;
+    if (this.#noPulse) {
+      // The fallback timeline is not pulse's: the real one replaces it, numbering included.
+      this.#noPulse = false;
+      this.#scheduler.stop();
+      this.#lastDelivered = -1;
+    }
     // Synthetic beats of an arrival timeline end here; a scheduled client's scheduler goes on,
     // on the timeline this frame confirms or moves.
     if (this.#scheduler.mapping === IDENTITY) this.#scheduler.stop();
@@ -1461,6 +1524,7 @@ export class Client extends IsolatedEventTarget<ClientEventMap> {
     return {
       connected: this.#state === "running" && bus?.status === "connected",
       degraded: this.#degraded,
+      degradedReason: !this.#degraded ? null : this.#noPulse ? "no_pulse" : "pulse_quiet",
       lastBeat: current ? current.beat_index : null,
       lastBeatAt: current ? this.#currentAt : null,
       tempoBpm: current ? current.tempo_bpm : null,

@@ -114,11 +114,23 @@ export interface ClientConfig {
    */
   claimBufferSize?: number;
   /**
-   * Produce synthetic beats when pulse goes quiet (after at least one real beat: the timeline is
-   * extrapolated from the last one).
+   * Produce synthetic beats when pulse goes quiet: on the timeline extrapolated from the last real
+   * beat, or, when no beat came at all within `startupGraceMs` of `start()` (pulse down, or a typo
+   * in the cluster id), on a fallback timeline at `fallbackTempoBpm`.
    * @default {true}
    */
   localDegradation?: boolean;
+  /**
+   * How long after `start()` a client with no beat at all enters degraded mode on the fallback
+   * timeline (and warns once), in ms.
+   * @default {10000}
+   */
+  startupGraceMs?: number;
+  /**
+   * Tempo of the fallback timeline a client uses when pulse never answered (0.1 to 6000).
+   * @default {2}
+   */
+  fallbackTempoBpm?: number;
   /**
    * Time source for arrival times, the degradation watchdog, clock exchanges, and the timers of
    * scheduled and synthetic beats. Unset, clients share a `SystemClock`, and scheduled beats a

@@ -45,6 +45,11 @@ export interface ClientHealth {
   readonly connected: boolean;
   /** Synthetic beats are being produced because pulse went quiet. */
   readonly degraded: boolean;
+  /**
+   * Why the client is degraded: `pulse_quiet` (beats stopped), `no_pulse` (no beat at all since
+   * start: pulse down or a wrong cluster id; beats run on the fallback timeline); `null` when not.
+   */
+  readonly degradedReason: "pulse_quiet" | "no_pulse" | null;
   /** beat_index of the last beat delivered (real or synthetic), `null` before the first. */
   readonly lastBeat: number | null;
   /**
