@@ -5,7 +5,11 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 /** Options of {@linkcode until}. */
 export interface UntilOptions {
-  /** Longest wait before giving up, ms. @default {5000} */
+  /**
+   * Longest wait before giving up, ms. Generous: a passing wait ends as soon as its condition
+   * holds, and a loaded 2-core CI machine can take seconds for what a quiet one does at once.
+   * @default {15000}
+   */
   readonly timeoutMs?: number;
   /** What is awaited, for the timeout message. @default {"condition"} */
   readonly what?: string;
@@ -32,7 +36,7 @@ export async function until(
   cond: () => boolean | Promise<boolean>,
   options: UntilOptions = {},
 ): Promise<number> {
-  const { timeoutMs = 5_000, what = "condition", intervalMs = 5 } = options;
+  const { timeoutMs = 15_000, what = "condition", intervalMs = 5 } = options;
   if (!(Number.isFinite(timeoutMs) && timeoutMs >= 0)) {
     throw new RangeError(`timeoutMs must be a finite number >= 0, got ${timeoutMs}`);
   }
