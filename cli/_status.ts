@@ -144,6 +144,18 @@ export interface ServiceHealth {
   readonly warnings: readonly string[];
 }
 
+// A service that did not answer: what the summary shows for it.
+function unreachable(url: string, error: unknown): ServiceHealth {
+  return {
+    url,
+    reachable: false,
+    ready: false,
+    error: errorMessage(error),
+    detail: {},
+    warnings: [],
+  };
+}
+
 async function pulseHealth(
   url: string,
   o: StatusOptions,
@@ -160,14 +172,7 @@ async function pulseHealth(
       httpJson(`${url}/tempo`, {}, o.timeoutMs, signal).catch(() => undefined),
     ]);
   } catch (error) {
-    return {
-      url: shown,
-      reachable: false,
-      ready: false,
-      error: errorMessage(error),
-      detail: {},
-      warnings: [],
-    };
+    return unreachable(shown, error);
   }
   const h = obj(health.json);
   const r = obj(ready.json);
@@ -235,14 +240,7 @@ async function reverbHealth(
       httpJson(`${url}/api/v1/status`, {}, o.timeoutMs, signal),
     ]);
   } catch (error) {
-    return {
-      url: shown,
-      reachable: false,
-      ready: false,
-      error: errorMessage(error),
-      detail: {},
-      warnings: [],
-    };
+    return unreachable(shown, error);
   }
   const r = obj(ready.json);
   const s = obj(status.json);
